@@ -1,0 +1,231 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/test.sh and scripts/demo.sh (sourced, not run).
+#
+# Everything here binds to loopback only and bounds every wait.
+
+FTPC_PYTHON=/usr/bin/python3
+FTPC_VSFTPD=/usr/sbin/vsftpd
+
+ftpc_log() { printf '==> %s\n' "$*" >&2; }
+ftpc_die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+ftpc_need_root() {
+    [ "$(id -u)" -eq 0 ] || ftpc_die "run this as root (vsftpd and the FUSE tests need it)"
+}
+
+# Prints (one per line) the Debian packages the tests and the demo need that
+# are not installed yet.
+ftpc_missing_packages() {
+    local missing=()
+    command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+    [ -x "$FTPC_VSFTPD" ] || missing+=(vsftpd)
+    { [ -x "$FTPC_PYTHON" ] && "$FTPC_PYTHON" -c 'import pyftpdlib' >/dev/null 2>&1; } ||
+        missing+=(python3-pyftpdlib)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # A C compiler and linker: rustc links with cc, the ring crate compiles C.
+    command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    printf '%s\n' "${missing[@]}"
+}
+
+# Installs whatever is missing (apt-get update only if something is).
+ftpc_ensure_packages() {
+    local pkgs
+    mapfile -t pkgs < <(ftpc_missing_packages | sed '/^$/d')
+    if [ "${#pkgs[@]}" -eq 0 ]; then
+        ftpc_log "system packages: all present"
+    else
+        ftpc_need_root
+        command -v apt-get >/dev/null 2>&1 ||
+            ftpc_die "missing packages (${pkgs[*]}) and no apt-get; install them by hand"
+        ftpc_log "installing: ${pkgs[*]}"
+        # Keep the vsftpd package from starting a system-wide server on port 21
+        # while it is installed (only if no policy is in place already).
+        local policy=/usr/sbin/policy-rc.d added_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            added_policy=1
+        fi
+        local rc=0
+        {
+            DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+        } || rc=$?
+        if [ "$added_policy" -eq 1 ]; then rm -f "$policy"; fi
+        [ "$rc" -eq 0 ] || ftpc_die "apt-get failed (status $rc)"
+    fi
+    # vsftpd runs anonymous sessions as this user (the package creates it).
+    id ftp >/dev/null 2>&1 || ftpc_die "user 'ftp' missing (normally created by the vsftpd package)"
+    [ -e /dev/fuse ] || ftpc_die "/dev/fuse missing (load the fuse module / pass --device /dev/fuse)"
+}
+
+ftpc_ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        ftpc_die "cargo not found: install Rust >= 1.85 with rustup (https://rustup.rs), then re-run"
+    fi
+    local c
+    for c in fmt clippy; do
+        if ! cargo "$c" --version >/dev/null 2>&1; then
+            if command -v rustup >/dev/null 2>&1; then
+                ftpc_log "adding rustup component for cargo $c"
+                rustup component add "$([ "$c" = fmt ] && echo rustfmt || echo clippy)"
+            else
+                ftpc_die "cargo $c not available"
+            fi
+        fi
+    done
+}
+
+# A TCP port on 127.0.0.1 that is free right now.
+ftpc_free_port() {
+    "$FTPC_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ftpc_wait_banner PORT SECONDS: wait until 127.0.0.1:PORT sends "220".
+ftpc_wait_banner() {
+    local port=$1 secs=$2 i
+    for ((i = 0; i < secs * 5; i++)); do
+        if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -c 3 <&3" 2>/dev/null | grep -q '^220'; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+# ftpc_gen_cert DIR: throw-away CA (DIR/ca.pem) and a server certificate for
+# localhost / 127.0.0.1 / ::1 signed by it (DIR/server.pem, DIR/server.key).
+ftpc_gen_cert() {
+    local d=$1
+    mkdir -p "$d"
+    openssl req -x509 -new -nodes -newkey rsa:2048 -keyout "$d/ca.key" -out "$d/ca.pem" \
+        -days 30 -subj "/CN=ftpcircle-fs demo CA" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -new -nodes -newkey rsa:2048 -keyout "$d/server.key" -out "$d/server.csr" \
+        -subj "/CN=localhost" 2>/dev/null
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
+        "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" \
+        "extendedKeyUsage=serverAuth" >"$d/server.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+        -set_serial "0x$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" -days 30 \
+        -extfile "$d/server.ext" -out "$d/server.pem" 2>/dev/null
+    chmod 600 "$d/ca.key" "$d/server.key"
+    chmod 644 "$d/ca.pem" "$d/server.pem"
+}
+
+# ftpc_vsftpd_conf ROOT PORT LOGFILE EMPTYDIR [CERT KEY]: prints a vsftpd.conf
+# for an anonymous read-only server on 127.0.0.1:PORT (explicit FTPS required
+# if CERT and KEY are given).
+ftpc_vsftpd_conf() {
+    local root=$1 port=$2 log=$3 empty=$4 cert=${5:-} key=${6:-}
+    cat <<EOF
+listen=YES
+listen_ipv6=NO
+listen_address=127.0.0.1
+listen_port=$port
+background=NO
+anonymous_enable=YES
+no_anon_password=YES
+anon_root=$root
+anon_world_readable_only=YES
+local_enable=NO
+write_enable=NO
+seccomp_sandbox=NO
+secure_chroot_dir=$empty
+pasv_enable=YES
+connect_from_port_20=NO
+use_localtime=NO
+force_dot_files=YES
+hide_ids=NO
+dirmessage_enable=NO
+max_per_ip=0
+idle_session_timeout=300
+xferlog_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+syslog_enable=NO
+vsftpd_log_file=$log
+EOF
+    if [ -n "$cert" ]; then
+        cat <<EOF
+ssl_enable=YES
+allow_anon_ssl=YES
+force_anon_logins_ssl=YES
+force_anon_data_ssl=YES
+force_local_logins_ssl=YES
+force_local_data_ssl=YES
+require_ssl_reuse=YES
+ssl_sslv2=NO
+ssl_sslv3=NO
+ssl_tlsv1=YES
+ssl_ciphers=HIGH
+rsa_cert_file=$cert
+rsa_private_key_file=$key
+EOF
+    fi
+}
+
+# ftpc_spawn PIDFILE OUTFILE CMD...: starts CMD in its own session (so it
+# outlives the calling script and can be stopped as a process group) and
+# records its pid.  fd 0 goes to OUTFILE too: vsftpd prints start-up errors
+# there.
+ftpc_spawn() {
+    local pidfile=$1 out=$2
+    shift 2
+    setsid "$@" 0>>"$out" 1>&0 2>&0 &
+    echo "$!" >"$pidfile"
+}
+
+# ftpc_pid_matches PID NEEDLE: PID is alive and its command line contains NEEDLE.
+ftpc_pid_matches() {
+    local pid=$1 needle=$2
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$needle"
+}
+
+# ftpc_stop_pidfile PIDFILE NEEDLE: stops the process group started by
+# ftpc_spawn, if the pid still belongs to it (command line contains NEEDLE).
+ftpc_stop_pidfile() {
+    local pidfile=$1 needle=$2 pid i
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    if [[ "$pid" =~ ^[0-9]+$ ]] && ftpc_pid_matches "$pid" "$needle"; then
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            ftpc_pid_matches "$pid" "$needle" || break
+            sleep 0.1
+        done
+        if ftpc_pid_matches "$pid" "$needle"; then
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        fi
+        ftpc_log "stopped pid $pid ($needle)"
+    fi
+    rm -f "$pidfile"
+}
+
+# ftpc_is_mounted DIR (paths with spaces etc. are not decoded; not needed here)
+ftpc_is_mounted() {
+    local d
+    d=$(realpath -m "$1")
+    awk -v d="$d" '$5 == d { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
+# ftpc_unmount DIR: unmount (bounded), lazily if it is busy.
+ftpc_unmount() {
+    local d=$1 i
+    ftpc_is_mounted "$d" || return 0
+    timeout 10 fusermount3 -u "$d" 2>/dev/null || timeout 10 umount "$d" 2>/dev/null ||
+        timeout 10 umount -l "$d" || true
+    for ((i = 0; i < 50; i++)); do
+        ftpc_is_mounted "$d" || return 0
+        sleep 0.1
+    done
+    ftpc_is_mounted "$d" && return 1
+    return 0
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: on a fresh Debian 12 machine, as root,
+#
+#     bash scripts/test.sh [extra cargo test args]
+#
+# installs what is missing (fuse3 vsftpd python3-pyftpdlib openssl curl, and
+# a C compiler if there is none), then runs rustfmt, clippy and the test
+# suite.  The integration tests start their own FTP servers on 127.0.0.1 and
+# mount the filesystem on temp dirs; nothing outside the repository and
+# $TMPDIR is touched.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib/servers.sh
+source scripts/lib/servers.sh
+
+ftpc_need_root
+ftpc_ensure_packages
+ftpc_ensure_cargo
+
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+ftpc_log "cargo fmt --check"
+cargo fmt --all -- --check
+
+ftpc_log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+ftpc_log "cargo test (build)"
+cargo test --no-run
+
+ftpc_log "cargo test"
+# The tests bound their own waits; this is only a last-resort guard.
+timeout --kill-after=30 900 cargo test "$@"
+
+ftpc_log "all checks passed"

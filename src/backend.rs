@@ -1,0 +1,32 @@
+//! The seam between the merged view and the network: what the filesystem needs from "the
+//! servers", nothing about FTP. The real implementation is [`crate::ftp::pool::FtpBackend`];
+//! unit tests of the merged view use an in-memory one.
+//!
+//! Paths here are relative to a server's root (its base path), as bytes, `/`-separated,
+//! without leading slash; the root itself is the empty path.
+
+use crate::error::Result;
+use crate::ftp::listing::RawEntry;
+
+pub trait Backend: Send + Sync {
+    /// Number of servers; server indexes are `0..servers()` in priority order.
+    fn servers(&self) -> usize;
+    /// Human-readable name for logs and errors ("host:port/base"); never contains a password.
+    fn label(&self, server: usize) -> &str;
+    /// The server's base path as listed in serverlist.txt ("/" or "/pub/mirror").
+    fn base(&self, server: usize) -> &[u8];
+    /// The entries of one directory on one server (already validated: no `.`/`..`, no `/`).
+    fn list(&self, server: usize, path: &[u8]) -> Result<Vec<RawEntry>>;
+    /// Start streaming the file at `path` from byte `offset`.
+    fn open(&self, server: usize, path: &[u8], offset: u64) -> Result<Box<dyn ByteStream>>;
+}
+
+/// The bytes of one file from one offset onwards, as the server sends them.
+pub trait ByteStream: Send {
+    /// Read the next bytes; `Ok(0)` means the server ended the transfer.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize>;
+    /// The transfer delivered everything it should: read the server's final reply.
+    fn finish(self: Box<Self>) -> Result<()>;
+    /// Stop the transfer early (ABOR); the connection is checked or dropped.
+    fn abort(self: Box<Self>);
+}

@@ -1,0 +1,465 @@
+//! The merged view: every server's tree as one read-only tree. Knows nothing of fuser (the
+//! adapter in `crate::fuse` turns these results into replies) and nothing of FTP (it talks to a
+//! [`Backend`]).
+//!
+//! Owns: the inode table, directory refresh (the listings of one directory are fetched from all
+//! servers that have it, in parallel, through the [`ListingCache`]), the merge (see
+//! [`merge`] for the rules), attributes, and open files.
+//!
+//! Invariants:
+//! - inode numbers are allocated on first discovery and never reused: a path keeps its inode
+//!   for the life of the mount unless its kind changes (then it gets a new one);
+//! - a lookup of a name that does not exist is answered from the parent's merged listing,
+//!   without a network round trip while the listing is fresh;
+//! - `open` does no network work: the size and the servers holding the file are known.
+
+pub mod cache;
+pub mod merge;
+pub mod reader;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::backend::Backend;
+use crate::error::{Error, Kind, Result};
+use cache::ListingCache;
+use merge::{Merged, MergedKind};
+use reader::OpenFile;
+
+pub const ROOT: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// Attributes as the filesystem reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub nlink: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+pub struct Options {
+    /// How long listings (and so attributes) are trusted.
+    pub ttl: Duration,
+    /// Bound on cached (server, directory) listings.
+    pub cache_entries: usize,
+    /// Upper bound for waiting on a listing another request is fetching.
+    pub max_wait: Duration,
+}
+
+enum NodeKind {
+    Dir(DirData),
+    File,
+    Symlink(Box<[u8]>),
+}
+
+#[derive(Default)]
+struct DirData {
+    children: HashMap<Box<[u8]>, u64>,
+    /// When the merged listing must be refreshed; `None` until it was first listed.
+    expires: Option<Instant>,
+}
+
+struct Node {
+    parent: u64,
+    name: Box<[u8]>,
+    kind: NodeKind,
+    size: u64,
+    mtime: SystemTime,
+    /// Servers holding it, in priority order (see `merge::Merged::sources`).
+    sources: Box<[u16]>,
+}
+
+struct Nodes {
+    map: HashMap<u64, Node>,
+    next_ino: u64,
+}
+
+pub struct Circle {
+    backend: Arc<dyn Backend>,
+    opts: Options,
+    cache: ListingCache,
+    nodes: RwLock<Nodes>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    mounted_at: SystemTime,
+    conflicts_logged: Mutex<HashSet<Vec<u8>>>,
+}
+
+fn lock_err() -> Error {
+    Error::new(Kind::Protocol, "internal lock poisoned")
+}
+
+impl Circle {
+    pub fn new(backend: Arc<dyn Backend>, opts: Options) -> Self {
+        let now = SystemTime::now();
+        let all: Vec<u16> = (0..backend.servers() as u16).collect();
+        let mut map = HashMap::new();
+        map.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                name: Box::from(&b""[..]),
+                kind: NodeKind::Dir(DirData::default()),
+                size: 0,
+                mtime: now,
+                sources: all.into(),
+            },
+        );
+        Circle {
+            cache: ListingCache::new(opts.ttl, opts.cache_entries, opts.max_wait),
+            backend,
+            opts,
+            nodes: RwLock::new(Nodes {
+                map,
+                next_ino: ROOT + 1,
+            }),
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            mounted_at: now,
+            conflicts_logged: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.opts.ttl
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Listing commands sent so far (all servers).
+    pub fn listing_fetches(&self) -> u64 {
+        self.cache.fetches()
+    }
+
+    /// Fetch the root listing of every server (in parallel, through the cache) and return the
+    /// errors of those that failed, so startup can name them.
+    pub fn check_servers(&self) -> Vec<Error> {
+        let all: Vec<u16> = (0..self.backend.servers() as u16).collect();
+        self.fetch_all(&all, b"")
+            .into_iter()
+            .filter_map(|(_, f)| f.result.as_ref().err().cloned())
+            .collect()
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let nodes = self.nodes.read().map_err(|_| lock_err())?;
+        let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+        Ok(self.attr_of(ino, node))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        self.refresh_dir(parent)?;
+        let nodes = self.nodes.read().map_err(|_| lock_err())?;
+        let ino = match &nodes.map.get(&parent).ok_or_else(Error::not_found)?.kind {
+            NodeKind::Dir(d) => *d.children.get(name).ok_or_else(Error::not_found)?,
+            _ => return Err(Error::new(Kind::NotFound, "not a directory")),
+        };
+        let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+        Ok(self.attr_of(ino, node))
+    }
+
+    /// All entries of a directory (without `.` and `..`), sorted by name.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        self.refresh_dir(ino)?;
+        let nodes = self.nodes.read().map_err(|_| lock_err())?;
+        let NodeKind::Dir(d) = &nodes.map.get(&ino).ok_or_else(Error::not_found)?.kind else {
+            return Err(Error::new(Kind::Invalid, "not a directory"));
+        };
+        let mut out: Vec<DirEntry> = d
+            .children
+            .iter()
+            .filter_map(|(name, &child)| {
+                let node = nodes.map.get(&child)?;
+                Some(DirEntry {
+                    name: name.to_vec(),
+                    attr: self.attr_of(child, node),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn parent_of(&self, ino: u64) -> u64 {
+        self.nodes
+            .read()
+            .ok()
+            .and_then(|n| n.map.get(&ino).map(|node| node.parent))
+            .unwrap_or(ROOT)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let nodes = self.nodes.read().map_err(|_| lock_err())?;
+        match &nodes.map.get(&ino).ok_or_else(Error::not_found)?.kind {
+            NodeKind::Symlink(t) => Ok(t.to_vec()),
+            _ => Err(Error::new(Kind::Invalid, "not a symlink")),
+        }
+    }
+
+    /// Open a file for reading; no network round trip. Returns the file handle.
+    pub fn open(&self, ino: u64) -> Result<u64> {
+        let (path, size, sources) = {
+            let nodes = self.nodes.read().map_err(|_| lock_err())?;
+            let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+            match node.kind {
+                NodeKind::File => {}
+                NodeKind::Dir(_) => return Err(Error::new(Kind::Invalid, "is a directory")),
+                NodeKind::Symlink(_) => return Err(Error::new(Kind::Invalid, "is a symlink")),
+            }
+            let sources = node.sources.iter().map(|&s| s as usize).collect();
+            (Self::path_of(&nodes, ino), node.size, sources)
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(OpenFile::new(ino, path, size, sources));
+        self.files
+            .lock()
+            .map_err(|_| lock_err())?
+            .insert(fh, file);
+        Ok(fh)
+    }
+
+    pub fn read(&self, fh: u64, off: u64, len: usize) -> Result<Vec<u8>> {
+        let file = self
+            .files
+            .lock()
+            .map_err(|_| lock_err())?
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::new(Kind::Invalid, "bad file handle"))?;
+        file.read(self.backend.as_ref(), off, len)
+    }
+
+    pub fn release(&self, fh: u64) {
+        let file = self.files.lock().ok().and_then(|mut f| f.remove(&fh));
+        if let Some(file) = file {
+            file.close();
+        }
+    }
+
+    /// Number of known inodes (for statfs).
+    pub fn inode_count(&self) -> u64 {
+        self.nodes.read().map(|n| n.map.len() as u64).unwrap_or(0)
+    }
+
+    fn attr_of(&self, ino: u64, node: &Node) -> Attr {
+        let (kind, perm, nlink, size) = match &node.kind {
+            NodeKind::Dir(_) => (FileKind::Dir, 0o555, 2, 0),
+            NodeKind::File => (FileKind::File, 0o444, 1, node.size),
+            NodeKind::Symlink(t) => (FileKind::Symlink, 0o777, 1, t.len() as u64),
+        };
+        Attr {
+            ino,
+            kind,
+            size,
+            mtime: node.mtime,
+            perm,
+            nlink,
+        }
+    }
+
+    /// The node's path relative to the servers' roots ("" for the root).
+    fn path_of(nodes: &Nodes, mut ino: u64) -> Vec<u8> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        // Bounded by the tree depth; a malformed parent chain stops at the first missing node.
+        for _ in 0..4096 {
+            if ino == ROOT {
+                break;
+            }
+            let Some(node) = nodes.map.get(&ino) else {
+                break;
+            };
+            parts.push(&node.name);
+            ino = node.parent;
+        }
+        parts.reverse();
+        parts.join(&b'/')
+    }
+
+    /// Make sure the merged listing of directory `ino` is fresh, fetching if needed.
+    fn refresh_dir(&self, ino: u64) -> Result<()> {
+        let (path, servers) = {
+            let nodes = self.nodes.read().map_err(|_| lock_err())?;
+            let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+            let NodeKind::Dir(d) = &node.kind else {
+                return Err(Error::new(Kind::NotFound, "not a directory"));
+            };
+            if d.expires.is_some_and(|e| Instant::now() < e) {
+                return Ok(());
+            }
+            (Self::path_of(&nodes, ino), node.sources.to_vec())
+        };
+        let fetched = self.fetch_all(&servers, &path);
+        let mut ok = Vec::new();
+        let mut first_err = None;
+        for (server, f) in &fetched {
+            match &f.result {
+                Ok(entries) => ok.push((*server, &entries[..])),
+                // The directory went away on that server: it contributes nothing.
+                Err(e) if e.kind == Kind::NotFound => ok.push((*server, &[][..])),
+                Err(e) => {
+                    log::warn!("{e}");
+                    first_err.get_or_insert_with(|| e.clone());
+                }
+            }
+        }
+        if ok.is_empty()
+            && let Some(e) = first_err.clone()
+        {
+            return Err(e);
+        }
+        let (merged, conflicts) = merge::merge(&ok);
+        self.log_conflicts(&path, &conflicts);
+        let expires = Instant::now()
+            + if first_err.is_some() {
+                self.opts.ttl.min(cache::ERROR_TTL)
+            } else {
+                self.opts.ttl
+            };
+        self.apply(ino, &path, merged, expires)
+    }
+
+    /// Fetch the listing of `path` from each server, in parallel when more than one must go to
+    /// the network. Results are in the order of `servers` (priority order).
+    fn fetch_all(&self, servers: &[u16], path: &[u8]) -> Vec<(usize, Arc<cache::Fetched>)> {
+        let backend = self.backend.as_ref();
+        let missing = servers
+            .iter()
+            .filter(|&&s| self.cache.fresh(&(s as usize, path.into())).is_none())
+            .count();
+        if missing <= 1 {
+            return servers
+                .iter()
+                .map(|&s| (s as usize, self.cache.get(backend, s as usize, path)))
+                .collect();
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = servers
+                .iter()
+                .map(|&s| {
+                    let s = s as usize;
+                    (s, scope.spawn(move || self.cache.get(backend, s, path)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(s, h)| {
+                    let f = h.join().unwrap_or_else(|_| {
+                        Arc::new(cache::Fetched {
+                            at: Instant::now(),
+                            result: Err(Error::new(Kind::Protocol, "listing thread panicked")),
+                        })
+                    });
+                    (s, f)
+                })
+                .collect()
+        })
+    }
+
+    fn log_conflicts(&self, path: &[u8], conflicts: &[merge::Conflict]) {
+        if conflicts.is_empty() {
+            return;
+        }
+        let Ok(mut logged) = self.conflicts_logged.lock() else {
+            return;
+        };
+        for c in conflicts {
+            let mut full = path.to_vec();
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&c.name);
+            if logged.insert(full.clone()) {
+                log::info!(
+                    "conflict at /{}: {}; keeping the copy on {} (listed first), hiding the one on {}",
+                    String::from_utf8_lossy(&full),
+                    c.why,
+                    self.backend.label(c.kept),
+                    self.backend.label(c.hidden)
+                );
+            }
+        }
+    }
+
+    /// Replace the children of `dir` with `merged`, keeping inode numbers of names that stay.
+    fn apply(&self, dir: u64, path: &[u8], merged: Vec<Merged>, expires: Instant) -> Result<()> {
+        let mut nodes = self.nodes.write().map_err(|_| lock_err())?;
+        let old = match nodes.map.get_mut(&dir).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(d)) => std::mem::take(&mut d.children),
+            _ => return Err(Error::not_found()),
+        };
+        let mut children = HashMap::with_capacity(merged.len());
+        for m in merged {
+            let sources: Box<[u16]> = m.sources.iter().map(|&s| s as u16).collect();
+            let mtime = m.mtime.unwrap_or(self.mounted_at);
+            let kind = match m.kind {
+                MergedKind::Dir => NodeKind::Dir(DirData::default()),
+                MergedKind::File => NodeKind::File,
+                MergedKind::Symlink(t) => {
+                    let base = self.backend.base(m.sources[0]);
+                    NodeKind::Symlink(merge::rewrite_target(base, path, &t).into())
+                }
+            };
+            let name: Box<[u8]> = m.name.into();
+            let existing = old.get(&name).copied().filter(|ino| {
+                nodes.map.get(ino).is_some_and(|n| {
+                    std::mem::discriminant(&n.kind) == std::mem::discriminant(&kind)
+                })
+            });
+            let ino = match existing {
+                Some(ino) => {
+                    if let Some(n) = nodes.map.get_mut(&ino) {
+                        n.size = m.size;
+                        n.mtime = mtime;
+                        n.sources = sources;
+                        // A directory keeps its own children and expiry.
+                        if !matches!(n.kind, NodeKind::Dir(_)) {
+                            n.kind = kind;
+                        }
+                    }
+                    ino
+                }
+                None => {
+                    let ino = nodes.next_ino;
+                    nodes.next_ino += 1;
+                    nodes.map.insert(
+                        ino,
+                        Node {
+                            parent: dir,
+                            name: name.clone(),
+                            kind,
+                            size: m.size,
+                            mtime,
+                            sources,
+                        },
+                    );
+                    ino
+                }
+            };
+            children.insert(name, ino);
+        }
+        if let Some(NodeKind::Dir(d)) = nodes.map.get_mut(&dir).map(|n| &mut n.kind) {
+            d.children = children;
+            d.expires = Some(expires);
+        }
+        Ok(())
+    }
+}

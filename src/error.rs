@@ -1,0 +1,83 @@
+//! One error type for the whole filesystem, one errno mapping, deliberate log levels.
+//!
+//! Every failure a FUSE handler can see is an [`Error`]. The FTP side produces them with the
+//! server's label already in the message (never a password), the merged view adds the path,
+//! and the FUSE adapter only calls [`Error::errno`].
+
+use std::fmt;
+
+/// What went wrong, coarse enough to choose an errno and a log level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The name does not exist (ENOENT). Logged at debug: `find` and shells probe names all day.
+    NotFound,
+    /// A write-side call on a read-only mount (EROFS).
+    ReadOnly,
+    /// Could not connect, TLS failed, timed out, connection dropped (EIO).
+    Network,
+    /// The server refused to log us in (EACCES on the call that needed it).
+    Auth,
+    /// The server answered with something we cannot use: a short transfer, a bad reply (EIO).
+    Protocol,
+    /// Too many connections (421/530): retried after backoff by the pool; EAGAIN if it persists.
+    Busy,
+    /// A name or argument we refuse to send (CR/LF, not representable) (EINVAL).
+    Invalid,
+    /// The server has no copy we can use right now (EIO).
+    Unavailable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub kind: Kind,
+    pub message: String,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Error::new(Kind::NotFound, "no such file or directory")
+    }
+
+    pub fn errno(&self) -> i32 {
+        match self.kind {
+            Kind::NotFound => libc::ENOENT,
+            Kind::ReadOnly => libc::EROFS,
+            Kind::Network | Kind::Protocol | Kind::Unavailable => libc::EIO,
+            Kind::Auth => libc::EACCES,
+            Kind::Busy => libc::EAGAIN,
+            Kind::Invalid => libc::EINVAL,
+        }
+    }
+
+    /// The level this error deserves in the log when a request fails with it.
+    pub fn log_level(&self) -> log::Level {
+        match self.kind {
+            Kind::NotFound | Kind::ReadOnly | Kind::Invalid => log::Level::Debug,
+            Kind::Busy => log::Level::Info,
+            _ => log::Level::Warn,
+        }
+    }
+
+    /// Prefix the message with more context ("server x: ", "path y: ").
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,8 @@
+//! The FTP side: one server at a time. `conn` is one control connection, `pool` the capped set
+//! of logged-in connections per server (and the [`crate::backend::Backend`] built on them),
+//! `listing` the MLSD/LIST parsers, `tls` the rustls client configuration.
+
+pub mod conn;
+pub mod listing;
+pub mod pool;
+pub mod tls;

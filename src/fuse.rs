@@ -1,0 +1,490 @@
+//! The fuser adapter: the only code that touches fuser's types. Each handler asks the merged
+//! view ([`Circle`]) and replies exactly once; every write-side operation answers EROFS.
+//!
+//! Slow network work never blocks the kernel's other requests: the session runs several
+//! worker threads (`FUSE_THREADS`), each request is handled on one of them, and the merged
+//! view's locks are never held across network calls.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
+    TimeOrNow, WriteFlags,
+};
+
+use crate::circle::{Attr, Circle, DirEntry, FileKind};
+use crate::error::Error;
+
+/// FUSE worker threads. A `cp` from a slow server can keep a few threads busy (the kernel sends
+/// several reads of one file at once); 16 leaves plenty for `ls`, `stat` and other files.
+pub const FUSE_THREADS: usize = 16;
+/// Largest read the kernel may send, with FUSE_MAX_PAGES: 1 MiB cuts per-request overhead 8x
+/// against the default 128 KiB.
+const MAX_READAHEAD: u32 = 1024 * 1024;
+/// st_blksize: `cp` sizes its buffer from it (at least 128 KiB), so larger reads reach us.
+const BLKSIZE: u32 = 1024 * 1024;
+
+pub struct CircleFs {
+    circle: Arc<Circle>,
+    uid: u32,
+    gid: u32,
+    dir_handles: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_dh: std::sync::atomic::AtomicU64,
+}
+
+fn errno(e: &Error) -> Errno {
+    log::log!(e.log_level(), "{e}");
+    Errno::from_i32(e.errno())
+}
+
+impl CircleFs {
+    pub fn new(circle: Arc<Circle>) -> Self {
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        CircleFs {
+            circle,
+            uid,
+            gid,
+            dir_handles: Default::default(),
+            next_dh: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn fattr(&self, a: &Attr) -> FileAttr {
+        let kind = match a.kind {
+            FileKind::Dir => FileType::Directory,
+            FileKind::File => FileType::RegularFile,
+            FileKind::Symlink => FileType::Symlink,
+        };
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: a.mtime,
+            mtime: a.mtime,
+            ctime: a.mtime,
+            crtime: a.mtime,
+            kind,
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.circle.ttl()
+    }
+
+    /// The directory's entries as handed out by opendir, `.` and `..` first.
+    fn dir_entries(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
+        self.dir_handles.lock().ok()?.get(&fh.0).cloned()
+    }
+}
+
+fn ftype(k: FileKind) -> FileType {
+    match k {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+impl Filesystem for CircleFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.circle.lookup(parent.0, name.as_bytes()) {
+            Ok(a) => reply.entry(&self.ttl(), &self.fattr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.circle.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl(), &self.fattr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.circle.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        match self.circle.open(ino.0) {
+            // The file is read-only and its listing is unchanged, so what the kernel cached from
+            // an earlier open is still right: keep it (reading the same file again is free).
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.circle.read(fh.0, offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.circle.release(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let entries = match self.circle.readdir(ino.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut all = Vec::with_capacity(entries.len() + 2);
+        for (name, id) in [(".", ino.0), ("..", self.circle.parent_of(ino.0))] {
+            if let Ok(attr) = self.circle.getattr(id) {
+                all.push(DirEntry {
+                    name: name.as_bytes().to_vec(),
+                    attr,
+                });
+            }
+        }
+        all.extend(entries);
+        let dh = self
+            .next_dh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.dir_handles.lock() {
+            Ok(mut h) => {
+                h.insert(dh, Arc::new(all));
+                reply.opened(FileHandle(dh), FopenFlags::empty());
+            }
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.dir_entries(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let full = reply.add(
+                INodeNo(e.attr.ino),
+                i as u64 + 1,
+                ftype(e.attr.kind),
+                OsStr::from_bytes(&e.name),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.dir_entries(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let ttl = self.ttl();
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let full = reply.add(
+                INodeNo(e.attr.ino),
+                i as u64 + 1,
+                OsStr::from_bytes(&e.name),
+                &ttl,
+                &self.fattr(&e.attr),
+                Generation(0),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut h) = self.dir_handles.lock() {
+            h.remove(&fh.0);
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.circle.inode_count();
+        reply.statfs(0, 0, 0, files, 0, BLKSIZE, 255, BLKSIZE);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    // ---- every write-side operation: read-only filesystem ----
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}
+
+/// Mount options: read-only always, our name, the user's `-o` options on top.
+pub fn config(user_opts: &[String]) -> Result<Config, String> {
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("ftpcircle".into()),
+        MountOption::Subtype("ftpcircle".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    for opt in user_opts.iter().flat_map(|o| o.split(',')) {
+        let opt = opt.trim();
+        match opt {
+            "" | "ro" => {}
+            "rw" => return Err("-o rw: the mount is read-only".into()),
+            "allow_other" => cfg.acl = SessionACL::All,
+            "allow_root" => cfg.acl = SessionACL::RootAndOwner,
+            "auto_unmount" => cfg.mount_options.push(MountOption::AutoUnmount),
+            "default_permissions" => cfg.mount_options.push(MountOption::DefaultPermissions),
+            "noexec" => cfg.mount_options.push(MountOption::NoExec),
+            "exec" => cfg.mount_options.push(MountOption::Exec),
+            "noatime" => cfg.mount_options.push(MountOption::NoAtime),
+            o if o.starts_with("fsname=") => {
+                cfg.mount_options.retain(|m| !matches!(m, MountOption::FSName(_)));
+                cfg.mount_options.push(MountOption::FSName(o[7..].into()));
+            }
+            o => cfg.mount_options.push(MountOption::CUSTOM(o.into())),
+        }
+    }
+    // fuser adds `allow_other` itself for any ACL but the default.
+    cfg.n_threads = Some(FUSE_THREADS);
+    cfg.clone_fd = true;
+    Ok(cfg)
+}

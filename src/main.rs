@@ -1,0 +1,288 @@
+//! CLI entry: parse arguments and serverlist.txt, set up logging, mount, serve.
+//!
+//! Without `-f` the process forks before anything else starts threads; the parent waits until
+//! the child reports the mount ready (exit 0) or failed (its error printed, exit 1), so
+//! `ftpcircle-fs mnt` returns once the mount is usable. Exit status 2 means bad input
+//! (arguments or serverlist.txt) and nothing was mounted.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use ftpcircle_fs::backend::Backend;
+use ftpcircle_fs::circle::{self, Circle};
+use ftpcircle_fs::ftp::conn::Endpoint;
+use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
+use ftpcircle_fs::serverlist::{self, Tls};
+use ftpcircle_fs::{ftp, fuse, logging};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ftpcircle-fs",
+    version,
+    about = "Mount every FTP/FTPS server in serverlist.txt as one merged, read-only tree"
+)]
+struct Args {
+    /// Where to mount (an existing directory)
+    mountpoint: PathBuf,
+    /// serverlist.txt to use [default: ./serverlist.txt, then $XDG_CONFIG_HOME/ftpcircle/serverlist.txt]
+    #[arg(long, value_name = "FILE")]
+    servers: Option<PathBuf>,
+    /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Timeout in seconds for every connect, login, command and data read
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    timeout: f64,
+    /// Connections per server at most
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    max_connections: usize,
+    /// How long directory listings are cached, in seconds
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    cache_ttl: f64,
+    /// How many (server, directory) listings the cache holds at most
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    cache_entries: usize,
+    /// Stay in the foreground; unmount cleanly on Ctrl-C / SIGTERM
+    #[arg(short, long)]
+    foreground: bool,
+    /// FUSE mount options, comma separated (allow_other, allow_root, auto_unmount, ...)
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Vec<String>,
+    /// Append the log to this file (otherwise stderr; a daemon without it logs nowhere)
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors in the log
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let verbosity = if args.quiet { -1 } else { args.verbose as i8 };
+    if let Err(e) = logging::init(verbosity, args.log_file.as_deref()) {
+        eprintln!("ftpcircle-fs: {e}");
+        return ExitCode::from(2);
+    }
+    let list_path = match serverlist::locate(args.servers.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ftpcircle-fs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let specs = match serverlist::load(&list_path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ftpcircle-fs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = check_args(&args) {
+        eprintln!("ftpcircle-fs: {e}");
+        return ExitCode::from(2);
+    }
+    if args.foreground {
+        return match run(&args, specs, None) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ftpcircle-fs: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    daemonize(&args, specs)
+}
+
+fn check_args(args: &Args) -> Result<(), String> {
+    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return Err("--timeout must be between 0 and 3600 seconds".into());
+    }
+    if !(args.cache_ttl >= 0.0 && args.cache_ttl <= 365.0 * 86400.0) {
+        return Err("--cache-ttl must be between 0 and one year".into());
+    }
+    if args.max_connections == 0 || args.max_connections > 64 {
+        return Err("--max-connections must be between 1 and 64".into());
+    }
+    let meta = std::fs::metadata(&args.mountpoint)
+        .map_err(|e| format!("mount point {}: {e}", args.mountpoint.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "mount point {} is not a directory",
+            args.mountpoint.display()
+        ));
+    }
+    fuse::config(&args.options)?;
+    Ok(())
+}
+
+/// Fork; the child mounts and serves, the parent waits for "ready" on a pipe.
+fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid two-element array for pipe(2).
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        eprintln!("ftpcircle-fs: pipe: {}", std::io::Error::last_os_error());
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: both fds were just created by pipe(2) and are owned here only.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no threads have been started yet (logging and parsing are single-threaded), so
+    // the child may continue running Rust code after fork.
+    match unsafe { libc::fork() } {
+        -1 => {
+            eprintln!("ftpcircle-fs: fork: {}", std::io::Error::last_os_error());
+            ExitCode::FAILURE
+        }
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no preconditions; detaches from the terminal's session.
+            unsafe { libc::setsid() };
+            let mut pipe = std::fs::File::from(wr);
+            match run(args, specs, Some(&mut pipe)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    // The parent prints it (our stderr may already be closed).
+                    let _ = pipe.write_all(format!("E{e}").as_bytes());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _child => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            if msg.starts_with('R') {
+                ExitCode::SUCCESS
+            } else if let Some(err) = msg.strip_prefix('E') {
+                eprintln!("ftpcircle-fs: {err}");
+                ExitCode::FAILURE
+            } else {
+                eprintln!("ftpcircle-fs: the mount process died before the mount was ready");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Build everything, mount, report ready, serve until unmounted or signalled.
+fn run(
+    args: &Args,
+    specs: Vec<serverlist::ServerSpec>,
+    ready: Option<&mut std::fs::File>,
+) -> Result<(), String> {
+    let signals = block_signals();
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let tls = if specs.iter().any(|s| s.tls != Tls::Plain) {
+        Some(ftp::tls::client_config(args.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let servers: Vec<Arc<Server>> = specs
+        .into_iter()
+        .map(|spec| {
+            let label = spec.label();
+            let tls = if spec.tls == Tls::Plain {
+                None
+            } else {
+                tls.clone()
+            };
+            Server::new(
+                Endpoint {
+                    spec,
+                    label,
+                    tls,
+                    timeout,
+                },
+                args.max_connections,
+            )
+        })
+        .collect();
+    let backend: Arc<dyn Backend> = Arc::new(FtpBackend::new(servers));
+    let circle = Arc::new(Circle::new(
+        Arc::clone(&backend),
+        circle::Options {
+            ttl: Duration::from_secs_f64(args.cache_ttl),
+            cache_entries: args.cache_entries,
+            // A listing is one connect + login + command + transfer, each bounded by timeout.
+            max_wait: timeout * 6,
+        },
+    ));
+    // List the root on every server before mounting: warms the pool and the cache, and tells
+    // the user right away which servers cannot be used (the mount comes up without them).
+    for e in circle.check_servers() {
+        eprintln!("ftpcircle-fs: warning: {e}");
+    }
+    let cfg = fuse::config(&args.options)?;
+    let fs = fuse::CircleFs::new(Arc::clone(&circle));
+    let mut session = fuser::Session::new(fs, &args.mountpoint, &cfg)
+        .map_err(|e| format!("mounting on {}: {e}", args.mountpoint.display()))?;
+    log::info!(
+        "mounted {} server(s) on {}",
+        backend.servers(),
+        args.mountpoint.display()
+    );
+    if let Some(pipe) = ready {
+        let _ = pipe.write_all(b"R");
+        detach_stdio();
+    }
+    let mut unmounter = session.unmount_callable();
+    if let Some(set) = signals {
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            // SAFETY: set is a valid, initialised sigset; sig is a valid out-pointer.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            log::info!("signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount: {e}");
+            }
+        });
+    }
+    session.run().map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// Block SIGINT/SIGTERM/SIGHUP in this thread (and so in every thread started after it), so
+/// one dedicated thread can wait for them and unmount cleanly.
+fn block_signals() -> Option<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it; pthread_sigmask
+    // only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+        Some(set)
+    }
+}
+
+/// A daemon must not hold the terminal: point stdin/stdout/stderr at /dev/null.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors with a valid open fd.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Self-tests of the harness: each test server starts, serves files to curl,
+//! enforces what it should (TLS, passwords, read-only) and logs commands the
+//! way tests/common parses them.  These do not need the binary under test.
+
+mod common;
+
+use common::{
+    FtpServer, TempDir, TestCert, bpath, curl, mkdir_p, parse_pyftpdlib_log, parse_vsftpd_log,
+    run_ok, run_timeout, unescape_mountinfo, utc_secs, write_file,
+};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn sample_root(dir: &TempDir) -> std::path::PathBuf {
+    let root = dir.subdir("root");
+    write_file(&root.join("pub/hello.txt"), b"hello from the harness\n");
+    write_file(&root.join("pub/sub dir/x.txt"), b"x\n");
+    write_file(&root.join("caf\u{e9}-utf8.txt"), b"utf8\n");
+    mkdir_p(&root.join("empty"));
+    root
+}
+
+fn fetch(server: &FtpServer, path: &str, extra: &[&str]) -> Vec<u8> {
+    let mut cmd = curl();
+    cmd.args(extra).arg(server.url(path));
+    run_ok(&mut cmd, LIMIT).stdout
+}
+
+fn login_args(server: &FtpServer) -> Vec<String> {
+    match &server.user {
+        Some((u, p)) => vec!["--user".into(), format!("{u}:{p}")],
+        None => Vec::new(),
+    }
+}
+
+#[test]
+fn vsftpd_plain_serves_files_and_logs_commands() {
+    let dir = TempDir::new("srv-plain");
+    let root = sample_root(&dir);
+    let server = FtpServer::vsftpd(&root);
+    assert_eq!(
+        fetch(&server, "pub/hello.txt", &[]),
+        b"hello from the harness\n"
+    );
+    let listing = fetch(&server, "pub/", &[]);
+    let listing = String::from_utf8_lossy(&listing);
+    assert!(listing.contains("hello.txt"), "{listing}");
+    assert!(listing.contains("sub dir"), "{listing}");
+    assert_eq!(server.count_verb("RETR"), 1, "{}", server.commands_log());
+    assert_eq!(server.listing_count(), 1, "{:#?}", server.exchanges());
+    // vsftpd has no MLSD: the harness must not count a refused MLSD.
+    let out = run_timeout(curl().args(["-X", "MLSD"]).arg(server.url("pub/")), LIMIT);
+    assert!(!out.status.success());
+    assert_eq!(server.listing_count(), 1, "{:#?}", server.exchanges());
+    // Anonymous user cannot write.
+    let up = run_timeout(
+        curl().args(["-T", "-"]).arg(server.url("pub/upload.txt")),
+        LIMIT,
+    );
+    assert!(!up.status.success());
+    assert!(!root.join("pub/upload.txt").exists());
+}
+
+#[test]
+fn vsftpd_explicit_tls_requires_tls_and_trusts_test_ca() {
+    let dir = TempDir::new("srv-tls");
+    let root = sample_root(&dir);
+    let cert = TestCert::generate(&dir.subdir("cert"));
+    let server = FtpServer::vsftpd_tls(&root, &cert);
+    let port = server.port;
+    // As in the brief: curl --ssl-reqd --cacert ca.pem ftp://localhost:P/
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let out = run_ok(
+        curl()
+            .args(["--ssl-reqd", "--resolve", &resolve, "--cacert"])
+            .arg(&cert.ca)
+            .arg(format!("ftp://localhost:{port}/pub/")),
+        LIMIT,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello.txt"));
+    // By IP (SAN IP:127.0.0.1), data channel with TLS session reuse.
+    let ca = cert.ca.to_str().unwrap();
+    assert_eq!(
+        fetch(&server, "pub/hello.txt", &["--ssl-reqd", "--cacert", ca]),
+        b"hello from the harness\n"
+    );
+    // Plain FTP login is refused.
+    let plain = run_timeout(curl().arg(server.url("pub/hello.txt")), LIMIT);
+    assert!(!plain.status.success(), "plain login accepted");
+    // Without our CA the certificate is not trusted (so --ca-file matters).
+    let untrusted = run_timeout(
+        curl()
+            .args(["--ssl-reqd", "--max-time", "10"])
+            .arg(server.url("pub/hello.txt")),
+        LIMIT,
+    );
+    assert_eq!(untrusted.status.code(), Some(60), "{untrusted:?}");
+    let cmds = server.commands();
+    assert!(cmds.iter().any(|c| c.starts_with("AUTH ")), "{cmds:?}");
+    assert!(cmds.iter().any(|c| c == "PROT P"), "{cmds:?}");
+}
+
+#[test]
+fn vsftpd_implicit_tls_serves_files() {
+    let dir = TempDir::new("srv-implicit");
+    let root = sample_root(&dir);
+    let cert = TestCert::generate(&dir.subdir("cert"));
+    let server = FtpServer::vsftpd_implicit_tls(&root, &cert);
+    let ca = cert.ca.to_str().unwrap();
+    assert!(server.url("x").starts_with("ftps://"));
+    assert_eq!(
+        fetch(&server, "pub/hello.txt", &["--cacert", ca]),
+        b"hello from the harness\n"
+    );
+    assert!(server.line().ends_with(",,,implicit"));
+}
+
+#[test]
+fn vsftpd_on_ipv6_loopback() {
+    let dir = TempDir::new("srv-v6");
+    let root = sample_root(&dir);
+    let Some(server) = FtpServer::vsftpd_v6(&root) else {
+        eprintln!("SKIP: no IPv6 loopback");
+        return;
+    };
+    assert!(server.line().starts_with("[::1]:"));
+    assert_eq!(
+        fetch(&server, "pub/hello.txt", &["-g"]),
+        b"hello from the harness\n"
+    );
+}
+
+#[test]
+fn pyftpdlib_user_with_comma_and_quote_password() {
+    let dir = TempDir::new("srv-py");
+    let root = sample_root(&dir);
+    write_file(&root.join(bpath(b"caf\xe9.txt")), b"latin1\n");
+    let server = FtpServer::pyftpdlib(&root, "circle", "pa,ss\"word");
+    assert!(
+        server.line().ends_with(",circle,\"pa,ss\"\"word\",0"),
+        "{}",
+        server.line()
+    );
+    let login = login_args(&server);
+    let login: Vec<&str> = login.iter().map(String::as_str).collect();
+    assert_eq!(
+        fetch(&server, "pub/hello.txt", &login),
+        b"hello from the harness\n"
+    );
+    // MLSD is available.
+    let mut args = login.clone();
+    args.extend(["-X", "MLSD"]);
+    let mlsd = fetch(&server, "pub/", &args);
+    let mlsd = String::from_utf8_lossy(&mlsd);
+    assert!(
+        mlsd.contains("type=file") && mlsd.contains("hello.txt"),
+        "{mlsd}"
+    );
+    // Latin-1 bytes survive in both directions.
+    let raw = fetch(&server, "/", &login);
+    assert!(
+        raw.windows(8).any(|w| w == b"caf\xe9.txt"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(fetch(&server, "caf%E9.txt", &login), b"latin1\n");
+    // Wrong password is refused.
+    let bad = run_timeout(
+        curl()
+            .args(["--user", "circle:pa,ss"])
+            .arg(server.url("pub/hello.txt")),
+        LIMIT,
+    );
+    assert!(!bad.status.success());
+    // Read-only.
+    let up = run_timeout(
+        curl()
+            .args(&login)
+            .args(["-T", "-"])
+            .arg(server.url("pub/upload.txt")),
+        LIMIT,
+    );
+    assert!(!up.status.success());
+    assert_eq!(server.count_verb("RETR"), 2, "{:#?}", server.exchanges());
+    assert_eq!(server.listing_count(), 2, "{:#?}", server.exchanges());
+}
+
+#[test]
+fn log_parsers() {
+    let vs = "Sat Nov 21 12:47:56 2026 [pid 4925] FTP command: Client \"127.0.0.1\", \"USER anonymous\"\n\
+Sat Nov 21 12:47:56 2026 [pid 4926] [ftp] FTP response: Client \"127.0.0.1\", \"230 Login successful.\"\n\
+Sat Nov 21 12:47:56 2026 [pid 4926] [ftp] FTP command: Client \"127.0.0.1\", \"MLSD\"\n\
+Sat Nov 21 12:47:56 2026 [pid 4927] [ftp] FTP command: Client \"127.0.0.1\", \"LIST -a\"\n\
+Sat Nov 21 12:47:56 2026 [pid 4926] [ftp] FTP response: Client \"127.0.0.1\", \"500 Unknown command.\"\n\
+Sat Nov 21 12:47:56 2026 [pid 4926] [ftp] FTP command: Client \"127.0.0.1\", \"LIST\"\n\
+Sat Nov 21 12:47:56 2026 [pid 4927] [ftp] FTP response: Client \"127.0.0.1\", \"150 Here comes the directory listing.\"\n\
+Sat Nov 21 12:47:56 2026 [pid 4926] [ftp] FTP response: Client \"127.0.0.1\", \"150 Here comes the directory listing.\"\n";
+    let ex = parse_vsftpd_log(vs);
+    assert_eq!(ex.len(), 4);
+    assert_eq!(ex[0].reply, None);
+    assert_eq!(ex[1].command, "MLSD");
+    assert_eq!(ex[1].reply, Some(500));
+    assert!(!ex[1].is_listing());
+    assert_eq!(ex[2].command, "LIST -a");
+    assert!(ex[2].is_listing() && ex[3].is_listing());
+    let py = "2026-11-21 12:48:11,107 127.0.0.1:48906-[tester] <- CWD pub\n\
+2026-11-21 12:48:11,107 127.0.0.1:48906-[tester] -> 250 \"/pub\" is the current directory.\n\
+2026-11-21 12:48:11,108 [debug] call: close() (<pyftpdlib.handlers.PassiveDTP>)\n\
+2026-11-21 12:48:11,108 127.0.0.1:48906-[tester] <- MLSD\n\
+2026-11-21 12:48:11,108 127.0.0.1:48906-[tester] -> 125 Data connection already open. Transfer starting.\n\
+2026-11-21 12:48:11,109 127.0.0.1:48906-[tester] -> 226 Transfer complete.\n";
+    let ex = parse_pyftpdlib_log(py);
+    assert_eq!(ex.len(), 2, "{ex:#?}");
+    assert_eq!(ex[0].reply, Some(250));
+    assert!(ex[1].is_listing());
+    assert_eq!(ex[1].reply, Some(125));
+}
+
+#[test]
+fn small_helpers() {
+    assert_eq!(unescape_mountinfo("/tmp/a\\040b\\134c"), b"/tmp/a b\\c");
+    assert_eq!(unescape_mountinfo("/x\\9"), b"/x\\9");
+    assert_eq!(unescape_mountinfo("/x\\777"), b"/x\\777");
+    assert_eq!(utc_secs(1970, 1, 1, 0, 0, 0), 0);
+    assert_eq!(utc_secs(2021, 3, 4, 5, 6, 7), 1_614_834_367);
+    assert_eq!(utc_secs(2000, 2, 29, 23, 59, 59), 951_868_799);
+    assert_eq!(common::csv_field("pa,ss\"word"), "\"pa,ss\"\"word\"");
+    assert_eq!(common::csv_field("plain"), "plain");
+    let a = common::pseudo_random_bytes(7, 1000);
+    assert_eq!(a, common::pseudo_random_bytes(7, 1000));
+    assert_ne!(a, common::pseudo_random_bytes(8, 1000));
+}
