@@ -209,7 +209,10 @@ main() {
     echo "# pub/ and pub/common/ are merged from several servers; big-mirror.bin is on"
     echo "# srv1 and srv2 with the same size, so it shows up once."
 
+    run ls -l "$mnt/pub"
+
     run grep -rl "$WORD" "$mnt" || true
+    run cat "$mnt/docs/animals.txt"
     echo "# docs/animals.txt is srv1's copy: srv3's bigger one (with more ${WORD}s) is hidden."
 
     rm -f "$DEMO/copy.bin"

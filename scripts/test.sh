@@ -3,9 +3,11 @@
 #
 #     bash scripts/test.sh [extra cargo test args]
 #
-# installs what is missing (fuse3 vsftpd python3-pyftpdlib openssl curl, and
-# a C compiler if there is none), then runs rustfmt, clippy and the test
-# suite.  The integration tests start their own FTP servers on 127.0.0.1 and
+# installs what is missing (fuse3 vsftpd python3-pyftpdlib openssl curl,
+# procps, and gcc if there is no C compiler; apt-get update runs only if
+# something is missing), then runs rustfmt, clippy and the test suite.
+# Rust itself (rustup, >= 1.85 for edition 2024) must already be installed.
+# The integration tests start their own FTP servers on 127.0.0.1 and ::1 and
 # mount the filesystem on temp dirs; nothing outside the repository and
 # $TMPDIR is touched.
 set -euo pipefail
@@ -31,6 +33,6 @@ cargo test --no-run
 
 ftpc_log "cargo test"
 # The tests bound their own waits; this is only a last-resort guard.
-timeout --kill-after=30 900 cargo test "$@"
+timeout --kill-after=30 900 cargo test --no-fail-fast "$@"
 
 ftpc_log "all checks passed"

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
-    TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::circle::{Attr, Circle, DirEntry, FileKind};
@@ -477,7 +477,8 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
             "exec" => cfg.mount_options.push(MountOption::Exec),
             "noatime" => cfg.mount_options.push(MountOption::NoAtime),
             o if o.starts_with("fsname=") => {
-                cfg.mount_options.retain(|m| !matches!(m, MountOption::FSName(_)));
+                cfg.mount_options
+                    .retain(|m| !matches!(m, MountOption::FSName(_)));
                 cfg.mount_options.push(MountOption::FSName(o[7..].into()));
             }
             o => cfg.mount_options.push(MountOption::CUSTOM(o.into())),

@@ -65,6 +65,9 @@ mod tests {
     fn suppaftp_trace_is_dropped_but_its_debug_is_kept() {
         assert!(is_protocol_trace("suppaftp::sync_ftp", log::Level::Trace));
         assert!(!is_protocol_trace("suppaftp::sync_ftp", log::Level::Debug));
-        assert!(!is_protocol_trace("ftpcircle_fs::circle", log::Level::Trace));
+        assert!(!is_protocol_trace(
+            "ftpcircle_fs::circle",
+            log::Level::Trace
+        ));
     }
 }

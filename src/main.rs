@@ -97,7 +97,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.foreground {
-        return match run(&args, specs, None) {
+        return match run(&args, specs, &mut None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ftpcircle-fs: {e}");
@@ -151,12 +151,17 @@ fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
             drop(rd);
             // SAFETY: setsid has no preconditions; detaches from the terminal's session.
             unsafe { libc::setsid() };
-            let mut pipe = std::fs::File::from(wr);
-            match run(args, specs, Some(&mut pipe)) {
+            let mut pipe = Some(std::fs::File::from(wr));
+            match run(args, specs, &mut pipe) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    // The parent prints it (our stderr may already be closed).
-                    let _ = pipe.write_all(format!("E{e}").as_bytes());
+                    // Before the mount was ready the parent prints it; after, the log has it.
+                    match pipe.as_mut() {
+                        Some(p) => {
+                            let _ = p.write_all(format!("E{e}").as_bytes());
+                        }
+                        None => log::error!("{e}"),
+                    }
                     ExitCode::FAILURE
                 }
             }
@@ -182,7 +187,7 @@ fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
 fn run(
     args: &Args,
     specs: Vec<serverlist::ServerSpec>,
-    ready: Option<&mut std::fs::File>,
+    ready: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
     let signals = block_signals();
     let timeout = Duration::from_secs_f64(args.timeout);
@@ -235,8 +240,10 @@ fn run(
         backend.servers(),
         args.mountpoint.display()
     );
-    if let Some(pipe) = ready {
+    if let Some(mut pipe) = ready.take() {
+        // Closing the pipe (drop) lets the parent's read end: it exits 0 on "R".
         let _ = pipe.write_all(b"R");
+        drop(pipe);
         detach_stdio();
     }
     let mut unmounter = session.unmount_callable();

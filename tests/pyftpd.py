@@ -8,7 +8,6 @@ Only read permissions are granted ("elr").
 """
 import argparse
 import logging
-import sys
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
@@ -24,6 +23,7 @@ def main():
     p.add_argument("--password", default="")
     p.add_argument("--anonymous", action="store_true")
     p.add_argument("--log", required=True)
+    p.add_argument("--banner", default="ftpcircle test pyftpdlib ready")
     a = p.parse_args()
     if not a.user and not a.anonymous:
         p.error("need --user or --anonymous")
@@ -44,13 +44,12 @@ def main():
         authorizer = auth
         # Keep non-UTF-8 file names byte-faithful in both directions.
         unicode_errors = "surrogateescape"
-        banner = "ftpcircle test pyftpdlib ready"
+        banner = a.banner
         permit_foreign_addresses = False
 
     server = FTPServer((a.host, a.port), Handler)
     server.max_cons = 256
     server.max_cons_per_ip = 0
-    sys.stdout.flush()
     server.serve_forever(handle_exit=True)
 
 

@@ -231,3 +231,47 @@ fn small_helpers() {
     assert_eq!(a, common::pseudo_random_bytes(7, 1000));
     assert_ne!(a, common::pseudo_random_bytes(8, 1000));
 }
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn drop_kills_server_sessions_too() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = TempDir::new("srv-drop");
+    let root = sample_root(&dir);
+    let server = FtpServer::vsftpd(&root);
+    let pid = server.pid().expect("pid") as i32;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("greeting");
+    assert!(line.starts_with("220"), "{line}");
+    (&stream)
+        .write_all(b"USER anonymous\r\n")
+        .expect("send USER");
+    line.clear();
+    reader.read_line(&mut line).expect("reply");
+    assert!(line.starts_with("230"), "{line}");
+    let sessions = common::descendants(pid);
+    assert!(!sessions.is_empty(), "no session processes under {pid}");
+    drop(server);
+    assert!(!alive(pid));
+    assert!(
+        common::wait_until(Duration::from_secs(5), || !sessions
+            .iter()
+            .any(|p| alive(*p))),
+        "session processes {sessions:?} survived the drop"
+    );
+    drop(stream);
+}

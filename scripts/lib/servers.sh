@@ -26,6 +26,7 @@ ftpc_missing_packages() {
         missing+=(python3-pyftpdlib)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v ps >/dev/null 2>&1 || missing+=(procps)
     # A C compiler and linker: rustc links with cc, the ring crate compiles C.
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     printf '%s\n' "${missing[@]}"
@@ -64,6 +65,11 @@ ftpc_ensure_packages() {
 }
 
 ftpc_ensure_cargo() {
+    # rustup's default location, e.g. under sudo with a reset PATH.
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+        PATH="${HOME:-/root}/.cargo/bin:$PATH"
+        export PATH
+    fi
     if ! command -v cargo >/dev/null 2>&1; then
         ftpc_die "cargo not found: install Rust >= 1.85 with rustup (https://rustup.rs), then re-run"
     fi
@@ -189,21 +195,41 @@ ftpc_pid_matches() {
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$needle"
 }
 
-# ftpc_stop_pidfile PIDFILE NEEDLE: stops the process group started by
-# ftpc_spawn, if the pid still belongs to it (command line contains NEEDLE).
+# ftpc_descendants PID: pids of all descendants of PID (depth-limited).
+ftpc_descendants() {
+    local depth=${2:-0} p
+    [ "$depth" -lt 8 ] || return 0
+    for p in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$p"
+        ftpc_descendants "$p" $((depth + 1))
+    done
+}
+
+# ftpc_stop_pidfile PIDFILE NEEDLE: stops the server started by ftpc_spawn
+# and every process it forked (vsftpd puts each FTP session in a session of
+# its own), if the pid still belongs to it (command line contains NEEDLE).
 ftpc_stop_pidfile() {
-    local pidfile=$1 needle=$2 pid i
+    local pidfile=$1 needle=$2 pid i kids p
     [ -f "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
     if [[ "$pid" =~ ^[0-9]+$ ]] && ftpc_pid_matches "$pid" "$needle"; then
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        # Stopped, it cannot fork while its children are collected.
+        kill -STOP "$pid" 2>/dev/null || true
+        kids=$(ftpc_descendants "$pid")
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
+        kill -CONT "$pid" 2>/dev/null || true
+        # (children are checked too: fork keeps the command line)
+        for p in $kids; do
+            ftpc_pid_matches "$p" "$needle" && kill -TERM "$p" 2>/dev/null || true
+        done
         for ((i = 0; i < 50; i++)); do
             ftpc_pid_matches "$pid" "$needle" || break
             sleep 0.1
         done
-        if ftpc_pid_matches "$pid" "$needle"; then
-            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-        fi
+        for p in "$pid" $kids; do
+            ftpc_pid_matches "$p" "$needle" && kill -KILL "$p" 2>/dev/null || true
+        done
         ftpc_log "stopped pid $pid ($needle)"
     fi
     rm -f "$pidfile"

@@ -154,9 +154,6 @@ impl ListingCache {
     /// Forget a listing (after a read found the file changed on the server).
     pub fn invalidate(&self, server: usize, path: &[u8]) {
         let key: Key = (server, path.into());
-        self.lru
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop(&key);
+        self.lru.lock().unwrap_or_else(|p| p.into_inner()).pop(&key);
     }
 }

@@ -125,7 +125,10 @@ pub fn rewrite_target(base: &[u8], link_dir: &[u8], target: &[u8]) -> Vec<u8> {
     } else {
         return target.to_vec();
     };
-    let depth = link_dir.split(|&b| b == b'/').filter(|c| !c.is_empty()).count();
+    let depth = link_dir
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .count();
     let mut out = Vec::new();
     for _ in 0..depth {
         out.extend_from_slice(b"../");
@@ -199,7 +202,11 @@ mod tests {
         let c = [f("big.iso", 100)];
         let (m, conflicts) = merge(&[(0, &a), (2, &c), (1, &b)]);
         assert_eq!(m.len(), 1);
-        assert_eq!(m[0].sources, [0, 2, 1], "priority order is the listing order");
+        assert_eq!(
+            m[0].sources,
+            [0, 2, 1],
+            "priority order is the listing order"
+        );
         assert!(conflicts.is_empty());
     }
 
@@ -250,10 +257,19 @@ mod tests {
     fn absolute_targets_become_relative_inside_the_mount() {
         assert_eq!(rewrite_target(b"/", b"pub/a", b"/pub/x"), b"../../pub/x");
         assert_eq!(rewrite_target(b"/", b"", b"/pub/x"), b"pub/x");
-        assert_eq!(rewrite_target(b"/mirror", b"d", b"/mirror/pub/x"), b"../pub/x");
+        assert_eq!(
+            rewrite_target(b"/mirror", b"d", b"/mirror/pub/x"),
+            b"../pub/x"
+        );
         assert_eq!(rewrite_target(b"/mirror", b"", b"/mirror"), b".");
-        assert_eq!(rewrite_target(b"/mirror", b"d", b"/etc/passwd"), b"/etc/passwd");
-        assert_eq!(rewrite_target(b"/mirror", b"d", b"/mirrorx/a"), b"/mirrorx/a");
+        assert_eq!(
+            rewrite_target(b"/mirror", b"d", b"/etc/passwd"),
+            b"/etc/passwd"
+        );
+        assert_eq!(
+            rewrite_target(b"/mirror", b"d", b"/mirrorx/a"),
+            b"/mirrorx/a"
+        );
         assert_eq!(rewrite_target(b"/", b"pub", b"rel/x"), b"rel/x");
     }
 }

@@ -230,10 +230,7 @@ impl Circle {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(OpenFile::new(ino, path, size, sources));
-        self.files
-            .lock()
-            .map_err(|_| lock_err())?
-            .insert(fh, file);
+        self.files.lock().map_err(|_| lock_err())?.insert(fh, file);
         Ok(fh)
     }
 

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use suppaftp::types::FileType;
 use suppaftp::{
-    Encoding, FtpError, ImplFtpStream, Mode, RustlsConnector, RustlsFtpStream, TlsConnector,
-    TlsStream, TransferStream,
+    Encoding, FtpError, ImplFtpStream, Mode, RustlsConnector, RustlsFtpStream, Status,
+    TlsConnector, TlsStream, TransferStream,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -141,8 +141,14 @@ impl Conn {
                 // our connect above proved the address answers within the timeout, so drop it
                 // and let suppaftp reconnect to that same address.
                 drop(tcp);
-                RustlsFtpStream::connect_secure_implicit(addr, tls, domain)
-                    .map_err(|e| ftp_err(label, "implicit TLS", e))?
+                let mut ftp = RustlsFtpStream::connect_secure_implicit(addr, tls, domain)
+                    .map_err(|e| ftp_err(label, "implicit TLS", e))?;
+                // Protect data connections too (suppaftp does this only for explicit FTPS).
+                for cmd in ["PBSZ 0", "PROT P"] {
+                    ftp.custom_command(cmd, &[Status::CommandOk])
+                        .map_err(|e| ftp_err(label, cmd, e))?;
+                }
+                ftp
             }
             (_, None) => {
                 return Err(Error::new(
@@ -153,7 +159,8 @@ impl Conn {
         };
         let timeout = t;
         ftp = ftp.passive_stream_builder(move |addr: SocketAddr| {
-            let s = TcpStream::connect_timeout(&addr, timeout).map_err(FtpError::ConnectionError)?;
+            let s =
+                TcpStream::connect_timeout(&addr, timeout).map_err(FtpError::ConnectionError)?;
             set_timeouts(&s, timeout).map_err(FtpError::ConnectionError)?;
             Ok(s)
         });
@@ -191,7 +198,10 @@ impl Conn {
         let wire = bytes_to_wire(path);
         let res = if self.feats.mlsd {
             self.ftp.mlsd(Some(&wire)).map(|l| (Format::Mlsd, l))
-        } else if path.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'{' | b'~')) {
+        } else if path
+            .iter()
+            .any(|b| matches!(b, b'*' | b'?' | b'[' | b'{' | b'~'))
+        {
             // LIST arguments are globbed by many servers; CWD into such a directory instead.
             self.ftp
                 .cwd(&wire)
@@ -202,7 +212,11 @@ impl Conn {
         };
         self.last_used = Instant::now();
         let (format, lines) = res.map_err(|e| {
-            ftp_err(label, &format!("listing {}", String::from_utf8_lossy(path)), e)
+            ftp_err(
+                label,
+                &format!("listing {}", String::from_utf8_lossy(path)),
+                e,
+            )
         })?;
         Ok((format, lines.iter().map(|l| wire_to_bytes(l)).collect()))
     }
@@ -283,7 +297,10 @@ fn check_arg(label: &str, arg: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub fn parse_feats<'a>(keys: impl Iterator<Item = &'a str>, rest: Option<&Option<String>>) -> Feats {
+pub fn parse_feats<'a>(
+    keys: impl Iterator<Item = &'a str>,
+    rest: Option<&Option<String>>,
+) -> Feats {
     let mut f = Feats::default();
     for key in keys {
         match key.trim().to_ascii_uppercase().as_str() {
@@ -361,7 +378,10 @@ mod tests {
 
     #[test]
     fn arguments_with_line_breaks_are_refused() {
-        assert_eq!(check_arg("s", b"a\r\nDELE b").unwrap_err().kind, Kind::Invalid);
+        assert_eq!(
+            check_arg("s", b"a\r\nDELE b").unwrap_err().kind,
+            Kind::Invalid
+        );
         assert!(check_arg("s", b"/pub/ok name").is_ok());
     }
 

@@ -87,9 +87,7 @@ impl Server {
             if let Some(mut conn) = st.idle.pop() {
                 st.leased += 1;
                 drop(st);
-                if conn.last_used.elapsed() < IDLE_CHECK_AFTER
-                    || conn.noop(self.label()).is_ok()
-                {
+                if conn.last_used.elapsed() < IDLE_CHECK_AFTER || conn.noop(self.label()).is_ok() {
                     return Ok(self.lease(Some(conn), true));
                 }
                 // Stale: replace it with a fresh connection under the same slot.
@@ -156,7 +154,10 @@ impl Server {
                     if !(lease.reused && attempts == 1 && e.kind == Kind::Network) {
                         return Err(e);
                     }
-                    log::debug!("{}: retrying on a fresh connection after: {e}", self.label());
+                    log::debug!(
+                        "{}: retrying on a fresh connection after: {e}",
+                        self.label()
+                    );
                 }
             }
         }

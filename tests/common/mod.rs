@@ -239,6 +239,58 @@ pub fn pick_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// Pids of all live descendants of `root` (from /proc/*/stat).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may contain spaces and parens.
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            let mut fields = after.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
+            if let (Some(st), Some(ppid)) = (state, ppid)
+                && st != "Z"
+            {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        if let Some(kids) = children.get(&p) {
+            for k in kids {
+                if !out.contains(k) && out.len() < 10_000 {
+                    out.push(*k);
+                    todo.push(*k);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILLs `root`, its process group and all its descendants.  `root` is
+/// stopped first so that it cannot fork while its tree is collected.
+pub fn kill_tree(root: i32) {
+    send_signal(root, libc::SIGSTOP);
+    let tree = descendants(root);
+    send_signal(-root, libc::SIGKILL);
+    send_signal(root, libc::SIGKILL);
+    for p in tree {
+        send_signal(p, libc::SIGKILL);
+    }
+}
+
 pub fn send_signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
@@ -401,12 +453,13 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// `fusermount3 -u`, falling back to `umount -l`; bounded.
+/// `fusermount3 -u`, falling back to `fusermount3 -u -z` and `umount -l`
+/// (lazy, for a busy mount); bounded.
 pub fn lazy_unmount(p: &Path) {
     let limit = Duration::from_secs(10);
     for attempt in [
-        vec!["fusermount3", "-u", "-z"],
         vec!["fusermount3", "-u"],
+        vec!["fusermount3", "-u", "-z"],
         vec!["umount", "-l"],
     ] {
         if !is_mountpoint(p) {
@@ -613,9 +666,15 @@ impl FtpServer {
         } else {
             Some((user.to_string(), pass.to_string()))
         };
+        let token = format!(
+            "ftpcircle-test-{}-{} pyftpdlib ready",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let make = |port: u16| {
             let mut cmd = Command::new(PYTHON);
             cmd.arg(PYFTPD_SCRIPT)
+                .args(["--banner", &token])
                 .arg("--root")
                 .arg(root)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -632,7 +691,7 @@ impl FtpServer {
             cmd
         };
         let (port, child) = start_with_retries(&make, &output, &log, |port, child| {
-            wait_banner("127.0.0.1", port, "ftpcircle test pyftpdlib ready", child)
+            wait_banner("127.0.0.1", port, &token, child)
         });
         FtpServer {
             kind: ServerKind::Pyftpdlib,
@@ -845,10 +904,11 @@ impl FtpServer {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// Kills the server (the whole process group) now.
+    /// Kills the server and every process it started (vsftpd runs each
+    /// session in processes of their own session), then reaps it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            send_signal(-(child.id() as i32), libc::SIGKILL);
+            kill_tree(child.id() as i32);
             let _ = child.kill();
             let _ = wait_child(&mut child, Duration::from_secs(10));
         }
@@ -906,7 +966,7 @@ fn start_with_retries(
         if result.is_ok() {
             return (port, child);
         }
-        send_signal(-(child.id() as i32), libc::SIGKILL);
+        kill_tree(child.id() as i32);
         let _ = child.kill();
         let _ = wait_child(&mut child, Duration::from_secs(5));
         let text = read_lossy(output);
@@ -1228,6 +1288,8 @@ impl Mount {
         let mnt = dir.subdir("mnt");
         let serverlist_path = dir.join("serverlist.txt");
         fs::write(&serverlist_path, serverlist).expect("write serverlist");
+        // It holds passwords: keep it private, as users are told to.
+        set_mode(&serverlist_path, 0o600);
         Mount {
             mnt,
             serverlist: serverlist_path,
