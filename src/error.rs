@@ -13,8 +13,10 @@ pub enum Kind {
     NotFound,
     /// A write-side call on a read-only mount (EROFS).
     ReadOnly,
-    /// Could not connect, TLS failed, timed out, connection dropped (EIO).
+    /// Could not connect, TLS failed, connection dropped (EIO).
     Network,
+    /// The server did not answer within `--timeout` (EIO).
+    Timeout,
     /// The server refused to log us in (EACCES on the call that needed it).
     Auth,
     /// The server answered with something we cannot use: a short transfer, a bad reply (EIO).
@@ -23,8 +25,12 @@ pub enum Kind {
     Busy,
     /// A name or argument we refuse to send (CR/LF, not representable) (EINVAL).
     Invalid,
-    /// The server has no copy we can use right now (EIO).
+    /// The server has no copy we can use right now, or is marked down (EIO).
     Unavailable,
+    /// The server refuses REST, so it cannot start a transfer at an offset (EIO if no way out).
+    NoRest,
+    /// The file on the server no longer matches its listing (size changed) (EIO).
+    Stale,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +57,14 @@ impl Error {
         match self.kind {
             Kind::NotFound => libc::ENOENT,
             Kind::ReadOnly => libc::EROFS,
-            Kind::Network | Kind::Protocol | Kind::Unavailable => libc::EIO,
+            Kind::Network
+            | Kind::Timeout
+            | Kind::Protocol
+            | Kind::Unavailable
+            | Kind::NoRest
+            | Kind::Stale => {
+                libc::EIO
+            }
             Kind::Auth => libc::EACCES,
             Kind::Busy => libc::EAGAIN,
             Kind::Invalid => libc::EINVAL,
@@ -61,7 +74,7 @@ impl Error {
     /// The level this error deserves in the log when a request fails with it.
     pub fn log_level(&self) -> log::Level {
         match self.kind {
-            Kind::NotFound | Kind::ReadOnly | Kind::Invalid => log::Level::Debug,
+            Kind::NotFound | Kind::ReadOnly | Kind::Invalid | Kind::NoRest => log::Level::Debug,
             Kind::Busy => log::Level::Info,
             _ => log::Level::Warn,
         }

@@ -229,7 +229,14 @@ impl Circle {
             (Self::path_of(&nodes, ino), node.size, sources)
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = Arc::new(OpenFile::new(ino, path, size, sources));
+        let file = Arc::new(OpenFile::new(
+            Arc::clone(&self.backend),
+            ino,
+            path,
+            size,
+            sources,
+            self.opts.max_wait,
+        ));
         self.files.lock().map_err(|_| lock_err())?.insert(fh, file);
         Ok(fh)
     }
@@ -242,7 +249,41 @@ impl Circle {
             .get(&fh)
             .cloned()
             .ok_or_else(|| Error::new(Kind::Invalid, "bad file handle"))?;
-        file.read(self.backend.as_ref(), off, len)
+        let res = file.read(off, len);
+        if let Err(e) = &res
+            && matches!(e.kind, Kind::Stale | Kind::Unavailable | Kind::Protocol)
+        {
+            // The file may have changed on the server: list its directory again next time.
+            self.invalidate_parent(file.ino, file.path());
+        }
+        res
+    }
+
+    /// Forget the merged and per-server listings of the directory holding `ino`.
+    fn invalidate_parent(&self, ino: u64, path: &[u8]) {
+        let dir_path = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => &b""[..],
+        };
+        let Ok(mut nodes) = self.nodes.write() else {
+            return;
+        };
+        let parent = nodes.map.get(&ino).map_or(ROOT, |n| n.parent);
+        let servers: Vec<u16> = match nodes.map.get_mut(&parent) {
+            Some(Node {
+                kind: NodeKind::Dir(d),
+                sources,
+                ..
+            }) => {
+                d.expires = None;
+                sources.to_vec()
+            }
+            _ => return,
+        };
+        drop(nodes);
+        for s in servers {
+            self.cache.invalidate(s as usize, dir_path);
+        }
     }
 
     pub fn release(&self, fh: u64) {

@@ -1,41 +1,54 @@
 //! Reading one open file: one streaming RETR per open file while reads are sequential.
 //!
 //! Owns: which server serves the bytes (first reachable source by priority, then the next
-//! mirror on failure, continuing at the same offset with REST), the data stream, and a small
-//! buffer of recently received chunks.
+//! mirror on failure, continuing at the same offset with REST), the data stream, a buffer of
+//! recently received chunks, and read-ahead.
 //!
-//! Why the buffer: the kernel issues reads of one file from several FUSE threads at once
-//! (async read + readahead), so requests arrive slightly out of order. Keeping the last few
-//! MiB lets a request that is a little behind the stream be answered from memory, and a
-//! request a little ahead be served by reading forward, instead of aborting the RETR and
-//! starting a new one (which costs several round trips).
+//! How: the stream lives in the shared state. Whoever takes it out reads the next chunk from
+//! the network (a FUSE request, or the read-ahead pump of a big file) while the others wait on
+//! a condition variable or answer from the buffer. Requests arrive slightly out of order (the
+//! kernel sends several reads of one file at once), so a request a little behind the stream is
+//! answered from the buffer, and one a little ahead by reading forward; anything else aborts
+//! the transfer and starts a new one at the requested offset.
 //!
 //! Invariants:
-//! - bytes returned are always the file's bytes at the requested offsets: a stream that ends
-//!   before the listed size is an error, never short data;
+//! - bytes returned are always the file's bytes at the requested offsets: a transfer that ends
+//!   before the listed size, or goes on past it, is an error, never short or wrong data;
 //! - reads past the listed size return nothing (the size is known from the listing);
-//! - every network wait is bounded by the connection timeouts underneath.
+//! - memory per open file is bounded by [`KEEP_BYTES`] plus one chunk in flight;
+//! - every wait is bounded: network calls by `--timeout`, waits for another thread's chunk by
+//!   the `max_wait` given at open.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, ByteStream};
 use crate::error::{Error, Kind, Result};
 
-/// Unit of network reads and of the buffer: 256 KiB is two FUSE reads of 128 KiB and large
-/// enough that per-chunk overhead is negligible next to the copy.
-const CHUNK: usize = 256 * 1024;
-/// Recently received bytes kept per open file. 8 MiB covers the kernel's readahead window
-/// (up to a few MiB with max_pages) several times over.
-const KEEP_BYTES: usize = 8 * 1024 * 1024;
+/// Unit of network reads and of the buffer. 1 MiB matches the largest FUSE read (256 pages
+/// with FUSE_MAX_PAGES), so a sequential request is usually served by one chunk.
+const CHUNK: usize = 1024 * 1024;
+/// How far the pump reads ahead of the furthest requested byte: 16 MiB covers the bandwidth-
+/// delay product of a 700 MiB/s link at 20 ms RTT, so the network never waits for the reader.
+const READAHEAD: u64 = 16 * 1024 * 1024;
+/// Bytes kept per open file: the read-ahead plus 8 MiB behind it for out-of-order and small
+/// backward reads (the kernel's readahead window is at most a few MiB).
+const KEEP_BYTES: usize = READAHEAD as usize + 8 * 1024 * 1024;
 /// A request this far ahead of the stream is reached by reading forward: at any plausible
 /// link speed reading 4 MiB costs less than the 3+ round trips of ABOR, REST and RETR.
 const SKIP_FORWARD: u64 = 4 * 1024 * 1024;
+/// Files larger than this get a read-ahead pump thread; smaller ones arrive in a chunk or two
+/// and a thread would cost more than it saves.
+const PUMP_MIN_SIZE: u64 = 2 * CHUNK as u64;
 
 struct Active {
     server: usize,
     stream: Box<dyn ByteStream>,
+    /// Offset of the next byte the stream delivers.
     pos: u64,
+    /// Opened at 0 on a server without REST: reach any offset by reading forward.
+    no_rest: bool,
 }
 
 #[derive(Default)]
@@ -56,7 +69,7 @@ impl Chunks {
         }
     }
 
-    /// Copy into `out` the bytes starting at `off` that are buffered; returns how many.
+    /// Copy into `out` the buffered bytes starting at `off`; returns how many.
     fn copy(&self, off: u64, want: usize, out: &mut Vec<u8>) -> usize {
         for (start, data) in self.list.iter().rev() {
             let end = start + data.len() as u64;
@@ -71,122 +84,272 @@ impl Chunks {
     }
 }
 
+#[derive(Default)]
 struct State {
+    /// The transfer, when nobody is reading from it.
     active: Option<Active>,
+    /// Someone took the transfer out and is reading a chunk, or opening a new one.
+    busy: bool,
+    /// Offset the transfer will deliver next (meaningful while `busy` or `active`).
+    pos: u64,
     chunks: Chunks,
     /// Servers that failed for this file since it was opened.
     failed: Vec<usize>,
+    /// Furthest byte any request asked for: the pump reads up to this plus READAHEAD.
+    want_end: u64,
+    closed: bool,
+    pump_started: bool,
+}
+
+struct Shared {
+    backend: Arc<dyn Backend>,
+    path: Vec<u8>,
+    size: u64,
+    sources: Vec<usize>,
+    max_wait: Duration,
+    st: Mutex<State>,
+    cv: Condvar,
 }
 
 pub struct OpenFile {
     pub ino: u64,
-    path: Vec<u8>,
-    size: u64,
-    sources: Vec<usize>,
-    state: Mutex<State>,
+    shared: Arc<Shared>,
 }
 
 impl OpenFile {
-    pub fn new(ino: u64, path: Vec<u8>, size: u64, sources: Vec<usize>) -> Self {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        ino: u64,
+        path: Vec<u8>,
+        size: u64,
+        sources: Vec<usize>,
+        max_wait: Duration,
+    ) -> Self {
         OpenFile {
             ino,
-            path,
-            size,
-            sources,
-            state: Mutex::new(State {
-                active: None,
-                chunks: Chunks::default(),
-                failed: Vec::new(),
+            shared: Arc::new(Shared {
+                backend,
+                path,
+                size,
+                sources,
+                max_wait,
+                st: Mutex::new(State::default()),
+                cv: Condvar::new(),
             }),
         }
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.shared.size
+    }
+
+    pub fn path(&self) -> &[u8] {
+        &self.shared.path
     }
 
     /// Read up to `len` bytes at `off`.
-    pub fn read(&self, backend: &dyn Backend, off: u64, len: usize) -> Result<Vec<u8>> {
-        if off >= self.size || len == 0 {
+    pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        let sh = &self.shared;
+        if off >= sh.size || len == 0 {
             return Ok(Vec::new());
         }
-        let end = self.size.min(off.saturating_add(len as u64));
+        let end = sh.size.min(off.saturating_add(len as u64));
         let want = (end - off) as usize;
         let mut out = Vec::with_capacity(want);
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // Each turn either copies buffered bytes or pulls one chunk; a pull that fails marks
-        // a server failed, so the number of turns is bounded by size/CHUNK + servers.
+        let deadline = Instant::now() + sh.max_wait;
+        let mut st = sh.lock();
+        st.want_end = st.want_end.max(end);
+        if sh.size > PUMP_MIN_SIZE && !st.pump_started {
+            st.pump_started = true;
+            let pump = Arc::clone(sh);
+            if let Err(e) = std::thread::Builder::new()
+                .name("ftpc-readahead".into())
+                .spawn(move || pump.pump())
+            {
+                log::debug!("no read-ahead thread: {e}");
+            }
+        }
+        // Every turn copies buffered bytes, pulls a chunk, opens a stream (a failure marks a
+        // server failed, and `open_at` fails once all have) or waits with the deadline.
         while out.len() < want {
             let cur = off + out.len() as u64;
-            let n = st.chunks.copy(cur, want - out.len(), &mut out);
-            if n > 0 {
+            if st.chunks.copy(cur, want - out.len(), &mut out) > 0 {
                 continue;
             }
-            self.pull(backend, &mut st, cur)?;
+            if st.busy {
+                if Instant::now() >= deadline {
+                    return Err(Error::new(
+                        Kind::Timeout,
+                        format!("{}: no data within {:?}", sh.display(), sh.max_wait),
+                    ));
+                }
+                st = sh.wait(st, deadline);
+                continue;
+            }
+            let usable = st.active.as_ref().is_some_and(|a| {
+                a.pos <= cur && (cur - a.pos <= SKIP_FORWARD || a.no_rest)
+            });
+            if usable {
+                st = sh.pull(st);
+            } else {
+                st = sh.reopen(st, cur)?;
+            }
         }
+        // Data was consumed: the pump may read further ahead now.
+        sh.cv.notify_all();
         Ok(out)
     }
 
-    /// Make the stream deliver the chunk that contains `cur`, restarting it if needed.
-    fn pull(&self, backend: &dyn Backend, st: &mut State, cur: u64) -> Result<()> {
-        let usable = matches!(&st.active, Some(a) if a.pos <= cur && cur - a.pos <= SKIP_FORWARD);
-        if !usable {
-            if let Some(a) = st.active.take() {
-                a.stream.abort();
-            }
-            st.active = Some(self.start(backend, st, cur)?);
+    /// Stop any transfer in progress and the pump (on release).
+    pub fn close(&self) {
+        let sh = &self.shared;
+        let mut st = sh.lock();
+        st.closed = true;
+        let active = st.active.take();
+        drop(st);
+        sh.cv.notify_all();
+        if let Some(a) = active {
+            a.stream.abort();
         }
-        let Some(active) = st.active.as_mut() else {
-            return Err(Error::new(Kind::Unavailable, "no stream"));
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, st: MutexGuard<'a, State>, deadline: Instant) -> MutexGuard<'a, State> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.cv
+            .wait_timeout(st, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
+    fn display(&self) -> String {
+        format!("/{}", String::from_utf8_lossy(&self.path))
+    }
+
+    /// Take the transfer, read one chunk without holding the lock, put everything back.
+    fn pull<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let Some(mut active) = st.active.take() else {
+            return st;
         };
+        st.busy = true;
+        drop(st);
         let start = active.pos;
-        match read_chunk(active, self.size) {
+        let res = read_chunk(&mut active, self.size);
+        let mut st = self.lock();
+        st.busy = false;
+        match res {
             Ok(data) => {
+                st.pos = active.pos;
                 st.chunks.push(start, data);
-                if st.active.as_ref().is_some_and(|a| a.pos >= self.size)
-                    && let Some(a) = st.active.take()
-                {
-                    // Everything arrived: read the final reply so the connection is reusable.
-                    if let Err(e) = a.stream.finish() {
-                        log::debug!("{}: after full read: {e}", self.display());
-                    }
+                if active.pos >= self.size {
+                    drop(st);
+                    finish(active, self);
+                    st = self.lock();
+                } else if st.closed {
+                    drop(st);
+                    active.stream.abort();
+                    st = self.lock();
+                } else {
+                    st.active = Some(active);
                 }
-                Ok(())
             }
             Err(e) => {
-                let server = active.server;
-                st.active = None;
                 log::warn!("{}: {e}; trying another copy", self.display());
-                st.failed.push(server);
-                Ok(())
+                st.failed.push(active.server);
+                drop(st);
+                active.stream.abort();
+                st = self.lock();
+            }
+        }
+        self.cv.notify_all();
+        st
+    }
+
+    /// Abort the current transfer and open one at `offset`.
+    fn reopen<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        offset: u64,
+    ) -> Result<MutexGuard<'a, State>> {
+        let old = st.active.take();
+        let failed = st.failed.clone();
+        st.busy = true;
+        drop(st);
+        if let Some(a) = old {
+            a.stream.abort();
+        }
+        let res = self.open_at(&failed, offset);
+        let mut st = self.lock();
+        st.busy = false;
+        self.cv.notify_all();
+        match res {
+            Ok((active, newly_failed)) => {
+                st.failed.extend(newly_failed);
+                st.pos = active.pos;
+                st.active = Some(active);
+                Ok(st)
+            }
+            Err(e) => {
+                // Nothing left: forget the failures so a later read may try again from the top.
+                st.failed.clear();
+                Err(e)
             }
         }
     }
 
-    /// Open a stream at `offset` from the first source (by priority) that has not failed.
-    fn start(&self, backend: &dyn Backend, st: &mut State, offset: u64) -> Result<Active> {
+    /// Open a stream at `offset` from the first source by priority that has not failed. A
+    /// server without REST is skipped while another copy can start at the offset; if none can,
+    /// the first such server is read from the start and the bytes before `offset` discarded.
+    fn open_at(&self, failed: &[usize], offset: u64) -> Result<(Active, Vec<usize>)> {
+        let mut newly_failed = Vec::new();
+        let mut no_rest = Vec::new();
         let mut last_err = None;
-        for &server in &self.sources {
-            if st.failed.contains(&server) {
-                continue;
-            }
-            match backend.open(server, &self.path, offset) {
+        for &server in self.sources.iter().filter(|s| !failed.contains(s)) {
+            match self.backend.open(server, &self.path, offset) {
                 Ok(stream) => {
-                    return Ok(Active {
+                    let active = Active {
                         server,
                         stream,
                         pos: offset,
-                    });
+                        no_rest: false,
+                    };
+                    return Ok((active, newly_failed));
                 }
+                Err(e) if e.kind == Kind::NoRest => no_rest.push(server),
                 Err(e) => {
                     log::warn!("{}: {e}", self.display());
-                    st.failed.push(server);
+                    newly_failed.push(server);
                     last_err = Some(e);
                 }
             }
         }
-        // Nothing left: forget the failures so a later read may try again from the top.
-        st.failed.clear();
+        for server in no_rest {
+            match self.backend.open(server, &self.path, 0) {
+                Ok(stream) => {
+                    log::debug!(
+                        "{}: {} has no REST: reading from the start up to {offset}",
+                        self.display(),
+                        self.backend.label(server)
+                    );
+                    let active = Active {
+                        server,
+                        stream,
+                        pos: 0,
+                        no_rest: true,
+                    };
+                    return Ok((active, newly_failed));
+                }
+                Err(e) => {
+                    newly_failed.push(server);
+                    last_err = Some(e);
+                }
+            }
+        }
         Err(last_err.unwrap_or_else(|| {
             Error::new(
                 Kind::Unavailable,
@@ -195,16 +358,48 @@ impl OpenFile {
         }))
     }
 
-    fn display(&self) -> String {
-        format!("/{}", String::from_utf8_lossy(&self.path))
-    }
-
-    /// Stop any transfer in progress (on release).
-    pub fn close(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = st.active.take() {
-            a.stream.abort();
+    /// Read-ahead for one big open file: keep the transfer busy up to READAHEAD past the
+    /// furthest requested byte. Never opens or restarts transfers (the requests do that);
+    /// ends when the file is closed.
+    fn pump(self: Arc<Self>) {
+        let mut st = self.lock();
+        while !st.closed {
+            let ahead_ok = st.active.as_ref().is_some_and(|a| {
+                a.pos < self.size && a.pos < st.want_end.saturating_add(READAHEAD)
+            });
+            if ahead_ok && !st.busy {
+                st = self.pull(st);
+            } else {
+                // Woken by requests and pulls; the timeout only rechecks `closed`.
+                st = self.wait(st, Instant::now() + Duration::from_secs(1));
+            }
         }
+    }
+}
+
+/// The transfer delivered the listed size: it must end now. More bytes mean the file grew on
+/// the server since it was listed: the bytes so far may mix versions, so that is an error.
+fn finish(mut active: Active, sh: &Shared) {
+    let mut probe = [0u8; 1];
+    match active.stream.read(&mut probe) {
+        Ok(0) => {
+            if let Err(e) = active.stream.finish() {
+                log::debug!("{}: after the full read: {e}", sh.display());
+            }
+        }
+        Ok(_) => {
+            log::warn!(
+                "{}: {} sends more than the {} bytes listed: the file changed",
+                sh.display(),
+                sh.backend.label(active.server),
+                sh.size
+            );
+            active.stream.abort();
+            let mut st = sh.lock();
+            st.chunks = Chunks::default();
+            st.failed.push(active.server);
+        }
+        Err(e) => log::debug!("{}: at end of transfer: {e}", sh.display()),
     }
 }
 
@@ -217,9 +412,9 @@ fn read_chunk(active: &mut Active, size: u64) -> Result<Vec<u8>> {
         let n = active.stream.read(&mut buf[got..])?;
         if n == 0 {
             return Err(Error::new(
-                Kind::Protocol,
+                Kind::Stale,
                 format!(
-                    "transfer ended at byte {} of {size}",
+                    "transfer ended at byte {} of {size} listed",
                     active.pos + got as u64
                 ),
             ));

@@ -228,9 +228,19 @@ impl Conn {
             .map_err(|_| Error::new(Kind::Invalid, format!("{label}: offset too large")))?;
         let _ = self.ftp.resume_transfer(offset);
         self.last_used = Instant::now();
-        self.ftp
-            .retr_as_stream(bytes_to_wire(path))
-            .map_err(|e| ftp_err(label, &format!("RETR {}", String::from_utf8_lossy(path)), e))
+        self.ftp.retr_as_stream(bytes_to_wire(path)).map_err(|e| {
+            // suppaftp sends REST right before RETR and expects 350; a server without REST
+            // answers 500-504 ("not implemented"/"not understood"), RETR itself fails with 4xx/55x.
+            let refused_rest = offset > 0
+                && matches!(&e, FtpError::UnexpectedResponse(r)
+                    if matches!(reply_code(r.status.code(), &String::from_utf8_lossy(&r.body)), 500..=504));
+            let err = ftp_err(label, &format!("RETR {}", String::from_utf8_lossy(path)), e);
+            if refused_rest {
+                Error::new(Kind::NoRest, err.message)
+            } else {
+                err
+            }
+        })
     }
 
     /// Close a transfer that delivered everything and read the server's final reply.
@@ -318,12 +328,13 @@ pub fn parse_feats<'a>(
     f
 }
 
-fn net_err(label: &str, what: &str, e: &io::Error) -> Error {
-    let msg = match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_string(),
-        _ => e.to_string(),
-    };
-    Error::new(Kind::Network, format!("{label}: {what}: {msg}"))
+pub fn net_err(label: &str, what: &str, e: &io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            Error::new(Kind::Timeout, format!("{label}: {what}: timed out"))
+        }
+        _ => Error::new(Kind::Network, format!("{label}: {what}: {e}")),
+    }
 }
 
 /// Reply code of an unexpected response (suppaftp maps unknown codes to 0; read the text then).

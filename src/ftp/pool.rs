@@ -4,8 +4,18 @@
 //! retiring connections that saw an error, and mapping merged-tree paths to server paths
 //! (the base path from serverlist.txt).
 //!
+//! Health: a server whose fresh connection fails (refused, timed out, TLS or login error), or
+//! that stops answering on an open one, is marked *down*: calls to it fail at once instead of
+//! waiting out the timeout again, and a prober thread per server retries it in the background
+//! with exponential backoff (1 s doubling to 30 s). When it answers, it is *up* again and the
+//! merged view picks its entries up at the next refresh of each directory.
+//!
+//! Busy servers: a 421 or a 530 "too many connections" lowers that server's connection budget
+//! to what it accepted and retries after a short backoff (bounded by the timeout) instead of
+//! failing; the budget grows back by one every [`BUDGET_RECOVERY`].
+//!
 //! Invariants:
-//! - at most `max` connections per server exist at once (idle + leased);
+//! - at most `budget <= max` connections per server exist at once (idle + leased);
 //! - waiting for a connection is bounded by the network timeout;
 //! - a connection is returned to the pool only after a clean reply; one that saw an error or an
 //!   aborted transfer that did not end cleanly is dropped; an idle one is NOOP-checked before
@@ -22,6 +32,13 @@ use crate::ftp::listing::{self, RawEntry};
 /// An idle connection older than this is NOOP-checked before reuse: servers drop idle control
 /// connections (vsftpd after 300 s by default), and a check costs one round trip, not a login.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(15);
+/// First retry of a down server after 1 s (a restart is quick), doubling up to 30 s so a
+/// server that stays away costs one connection attempt per 30 s.
+const PROBE_FIRST: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(30);
+/// A server that answered "too many connections" gets one more connection back per minute
+/// without complaint.
+const BUDGET_RECOVERY: Duration = Duration::from_secs(60);
 
 pub struct Server {
     pub ep: Endpoint,
@@ -34,6 +51,19 @@ pub struct Server {
 struct PoolState {
     idle: Vec<Conn>,
     leased: usize,
+    /// Connections we may have at once: `max`, lowered while the server says it is busy.
+    budget: usize,
+    last_busy: Option<Instant>,
+    down: Option<Down>,
+    /// The server refused REST once: don't ask it for offsets again.
+    no_rest: bool,
+}
+
+struct Down {
+    since: Instant,
+    next_probe: Instant,
+    backoff: Duration,
+    reason: String,
 }
 
 /// A connection taken from the pool; goes back on drop unless marked broken.
@@ -54,6 +84,10 @@ impl Server {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 leased: 0,
+                budget: max.max(1),
+                last_busy: None,
+                down: None,
+                no_rest: false,
             }),
             freed: Condvar::new(),
         })
@@ -83,6 +117,21 @@ impl Server {
     pub fn acquire(self: &Arc<Self>) -> Result<Lease> {
         let deadline = Instant::now() + self.ep.timeout;
         let mut st = self.lock();
+        if let Some(d) = &st.down {
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!(
+                    "{}: marked down {}s ago ({}); retrying in the background",
+                    self.label(),
+                    d.since.elapsed().as_secs(),
+                    d.reason
+                ),
+            ));
+        }
+        if st.budget < self.max && st.last_busy.is_some_and(|t| t.elapsed() > BUDGET_RECOVERY) {
+            st.budget += 1;
+            st.last_busy = Some(Instant::now());
+        }
         loop {
             if let Some(mut conn) = st.idle.pop() {
                 st.leased += 1;
@@ -93,7 +142,7 @@ impl Server {
                 // Stale: replace it with a fresh connection under the same slot.
                 return self.connect_into_slot();
             }
-            if st.leased < self.max {
+            if st.leased < st.budget {
                 st.leased += 1;
                 drop(st);
                 return self.connect_into_slot();
@@ -105,7 +154,7 @@ impl Server {
                     format!(
                         "{}: timed out waiting for one of {} connections",
                         self.label(),
-                        self.max
+                        st.budget
                     ),
                 ));
             }
@@ -124,7 +173,94 @@ impl Server {
             Err(e) => {
                 self.lock().leased -= 1;
                 self.freed.notify_one();
+                self.note_failure(&e, true);
                 Err(e)
+            }
+        }
+    }
+
+    /// Record what a failure says about the server: down, or busy, or nothing.
+    /// `fresh`: the failure happened on a new connection (not a possibly stale idle one).
+    fn note_failure(&self, e: &Error, fresh: bool) {
+        let mut st = self.lock();
+        match e.kind {
+            Kind::Busy => {
+                // Keep what the server accepted; at least one so we can still make progress.
+                st.budget = (st.leased + st.idle.len()).max(1).min(self.max);
+                st.last_busy = Some(Instant::now());
+                log::info!(
+                    "{}: server busy ({e}); using at most {} connection(s) for a while",
+                    self.label(),
+                    st.budget
+                );
+            }
+            Kind::Timeout | Kind::Auth => self.mark_down(&mut st, e),
+            Kind::Network if fresh => self.mark_down(&mut st, e),
+            _ => {}
+        }
+    }
+
+    fn mark_down(&self, st: &mut PoolState, e: &Error) {
+        if st.down.is_some() {
+            return;
+        }
+        // Named once, when the state changes; the prober logs when it comes back.
+        log::warn!("{}: marked down: {e}; retrying in the background", self.label());
+        st.idle.clear();
+        let backoff = if e.kind == Kind::Auth {
+            PROBE_MAX
+        } else {
+            PROBE_FIRST
+        };
+        st.down = Some(Down {
+            since: Instant::now(),
+            next_probe: Instant::now() + backoff,
+            backoff,
+            reason: e.message.clone(),
+        });
+    }
+
+    /// Is the server marked down right now?
+    pub fn is_down(&self) -> bool {
+        self.lock().down.is_some()
+    }
+
+    /// The prober: while the server is down, try a fresh login when its backoff has passed.
+    /// Returns how long to sleep before looking again.
+    fn probe_if_due(self: &Arc<Self>) -> Duration {
+        let due = {
+            let st = self.lock();
+            match &st.down {
+                None => return PROBE_FIRST,
+                Some(d) if Instant::now() < d.next_probe => {
+                    return d.next_probe - Instant::now();
+                }
+                Some(_) => true,
+            }
+        };
+        debug_assert!(due);
+        match Conn::open(&self.ep) {
+            Ok(conn) => {
+                let mut st = self.lock();
+                st.down = None;
+                if st.leased + st.idle.len() < st.budget {
+                    st.idle.push(conn);
+                }
+                drop(st);
+                log::warn!("{}: answering again; back in the merged tree", self.label());
+                self.freed.notify_all();
+                PROBE_FIRST
+            }
+            Err(e) => {
+                let mut st = self.lock();
+                if let Some(d) = st.down.as_mut() {
+                    d.backoff = (d.backoff * 2).min(PROBE_MAX);
+                    d.next_probe = Instant::now() + d.backoff;
+                    d.reason = e.message.clone();
+                    log::debug!("{}: still down: {e}", self.label());
+                    return d.backoff;
+                }
+                PROBE_FIRST
             }
         }
     }
@@ -138,26 +274,54 @@ impl Server {
     }
 
     /// Run `op` on a pooled connection. A failure on a reused connection is retried once on a
-    /// fresh one (the server may have closed it while idle); any failure drops the connection,
-    /// except a plain "no such file" reply, after which the connection is still in sync.
-    fn with_conn<T>(self: &Arc<Self>, mut op: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
-        let mut attempts = 0;
+    /// fresh one (the server may have closed it while idle), unless it timed out; a "busy" reply
+    /// is retried after a backoff within the timeout. Any failure drops the connection except a
+    /// plain "no such file" reply, after which the connection is still in sync.
+    fn with_conn<T>(self: &Arc<Self>, op: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
+        self.with_lease(op).map(|(_lease, v)| v)
+    }
+
+    /// Like [`Self::with_conn`], but hands back the lease with the result, for results (a
+    /// transfer) that keep using the connection.
+    fn with_lease<T>(
+        self: &Arc<Self>,
+        mut op: impl FnMut(&mut Conn) -> Result<T>,
+    ) -> Result<(Lease, T)> {
+        let deadline = Instant::now() + self.ep.timeout;
+        let mut busy_wait = Duration::from_millis(100);
+        let mut stale_retry_done = false;
+        // Bounded: each turn either returns, uses up the one stale retry, or sleeps a growing
+        // backoff until the deadline.
         loop {
-            attempts += 1;
-            let mut lease = self.acquire()?;
+            let mut lease = match self.acquire() {
+                Ok(l) => l,
+                Err(e) if e.kind == Kind::Busy && Instant::now() + busy_wait < deadline => {
+                    std::thread::sleep(busy_wait);
+                    busy_wait *= 2;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let reused = lease.reused;
             let conn = lease.conn_mut()?;
             match op(conn) {
-                Ok(v) => return Ok(v),
+                Ok(v) => return Ok((lease, v)),
                 Err(e) if e.kind == Kind::NotFound => return Err(e),
                 Err(e) => {
                     lease.discard();
-                    if !(lease.reused && attempts == 1 && e.kind == Kind::Network) {
-                        return Err(e);
+                    drop(lease);
+                    if reused && !stale_retry_done && e.kind == Kind::Network {
+                        stale_retry_done = true;
+                        log::debug!("{}: retrying on a fresh connection after: {e}", self.label());
+                        continue;
                     }
-                    log::debug!(
-                        "{}: retrying on a fresh connection after: {e}",
-                        self.label()
-                    );
+                    self.note_failure(&e, !reused || e.kind != Kind::Network);
+                    if e.kind == Kind::Busy && Instant::now() + busy_wait < deadline {
+                        std::thread::sleep(busy_wait);
+                        busy_wait *= 2;
+                        continue;
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -195,8 +359,29 @@ pub struct FtpBackend {
 }
 
 impl FtpBackend {
+    /// Also starts one prober thread per server; each ends when the backend is dropped.
     pub fn new(servers: Vec<Arc<Server>>) -> Self {
+        for server in &servers {
+            let weak = Arc::downgrade(server);
+            let spawned = std::thread::Builder::new()
+                .name("ftpc-probe".into())
+                .spawn(move || {
+                    while let Some(server) = weak.upgrade() {
+                        let nap = server.probe_if_due().min(PROBE_FIRST);
+                        drop(server);
+                        std::thread::sleep(nap);
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start prober thread: {e}");
+            }
+        }
         FtpBackend { servers }
+    }
+
+    /// Is server `s` marked down?
+    pub fn is_down(&self, s: usize) -> bool {
+        self.servers.get(s).is_some_and(|srv| srv.is_down())
     }
 
     fn server(&self, s: usize) -> Result<&Arc<Server>> {
@@ -238,26 +423,23 @@ impl Backend for FtpBackend {
 
     fn open(&self, s: usize, path: &[u8], offset: u64) -> Result<Box<dyn ByteStream>> {
         let server = self.server(s)?;
+        if offset > 0 && server.lock().no_rest {
+            return Err(Error::new(
+                Kind::NoRest,
+                format!("{}: server does not support REST", server.label()),
+            ));
+        }
         let spath = server.server_path(path);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut lease = server.acquire()?;
-            let reused = lease.reused;
-            match lease.conn_mut()?.retr(server.label(), &spath, offset) {
-                Ok(xfer) => {
-                    return Ok(Box::new(FtpStream {
-                        lease,
-                        xfer: Some(xfer),
-                    }));
+        match server.with_lease(|conn| conn.retr(server.label(), &spath, offset)) {
+            Ok((lease, xfer)) => Ok(Box::new(FtpStream {
+                lease,
+                xfer: Some(xfer),
+            })),
+            Err(e) => {
+                if e.kind == Kind::NoRest {
+                    server.lock().no_rest = true;
                 }
-                Err(e) if e.kind == Kind::NotFound => return Err(e),
-                Err(e) => {
-                    lease.discard();
-                    if !(reused && attempts == 1 && e.kind == Kind::Network) {
-                        return Err(e);
-                    }
-                }
+                Err(e)
             }
         }
     }
@@ -282,16 +464,10 @@ impl ByteStream for FtpStream {
                 // The data connection broke: the control connection's state is unknown.
                 self.xfer = None;
                 self.lease.discard();
-                let what = match e.kind() {
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                        "timed out".to_string()
-                    }
-                    _ => e.to_string(),
-                };
-                Err(Error::new(
-                    Kind::Network,
-                    format!("{label}: reading data: {what}"),
-                ))
+                let err = crate::ftp::conn::net_err(&label, "reading data", &e);
+                // A server that stops sending mid-transfer is treated like one that hangs.
+                self.lease.server.note_failure(&err, true);
+                Err(err)
             }
         }
     }
