@@ -8,6 +8,16 @@
 use crate::error::Result;
 use crate::ftp::listing::RawEntry;
 
+/// Who is waiting for a network call. Background work (prefetch) only uses a connection the
+/// server has to spare and yields to any foreground request waiting for one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// A request the user is waiting for.
+    Foreground,
+    /// Prefetch: listings and small files fetched ahead of the user.
+    Background,
+}
+
 pub trait Backend: Send + Sync {
     /// Number of servers; server indexes are `0..servers()` in priority order.
     fn servers(&self) -> usize;
@@ -16,9 +26,15 @@ pub trait Backend: Send + Sync {
     /// The server's base path as listed in serverlist.txt ("/" or "/pub/mirror").
     fn base(&self, server: usize) -> &[u8];
     /// The entries of one directory on one server (already validated: no `.`/`..`, no `/`).
-    fn list(&self, server: usize, path: &[u8]) -> Result<Vec<RawEntry>>;
+    fn list(&self, server: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>>;
     /// Start streaming the file at `path` from byte `offset`.
-    fn open(&self, server: usize, path: &[u8], offset: u64) -> Result<Box<dyn ByteStream>>;
+    fn open(
+        &self,
+        server: usize,
+        path: &[u8],
+        offset: u64,
+        prio: Priority,
+    ) -> Result<Box<dyn ByteStream>>;
 }
 
 /// The bytes of one file from one offset onwards, as the server sends them.

@@ -62,9 +62,7 @@ impl Error {
             | Kind::Protocol
             | Kind::Unavailable
             | Kind::NoRest
-            | Kind::Stale => {
-                libc::EIO
-            }
+            | Kind::Stale => libc::EIO,
             Kind::Auth => libc::EACCES,
             Kind::Busy => libc::EAGAIN,
             Kind::Invalid => libc::EINVAL,

@@ -48,6 +48,9 @@ struct Args {
     /// How many (server, directory) listings the cache holds at most
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     cache_entries: usize,
+    /// Don't fetch directory listings and small files ahead of the walker
+    #[arg(long)]
+    no_prefetch: bool,
     /// Stay in the foreground; unmount cleanly on Ctrl-C / SIGTERM
     #[arg(short, long)]
     foreground: bool,
@@ -224,8 +227,12 @@ fn run(
             cache_entries: args.cache_entries,
             // A listing is one connect + login + command + transfer, each bounded by timeout.
             max_wait: timeout * 6,
+            prefetch: !args.no_prefetch,
         },
     ));
+    // Enough workers to use every spare connection (all but one per server), within reason.
+    let workers = (args.max_connections.saturating_sub(1).max(1) * backend.servers()).min(16);
+    circle.start_prefetch(workers);
     // List the root on every server before mounting: warms the pool and the cache, and tells
     // the user right away which servers cannot be used (the mount comes up without them).
     for e in circle.check_servers() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Priority};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::listing::RawEntry;
 
@@ -81,7 +81,13 @@ impl ListingCache {
     }
 
     /// The listing of `path` on `server`: cached if fresh, else fetched once for all callers.
-    pub fn get(&self, backend: &dyn Backend, server: usize, path: &[u8]) -> Arc<Fetched> {
+    pub fn get(
+        &self,
+        backend: &dyn Backend,
+        server: usize,
+        path: &[u8],
+        prio: Priority,
+    ) -> Arc<Fetched> {
         let key: Key = (server, path.into());
         if let Some(f) = self.fresh(&key) {
             return f;
@@ -106,7 +112,7 @@ impl ListingCache {
         };
         if leader {
             self.fetches.fetch_add(1, Ordering::Relaxed);
-            let result = backend.list(server, path).map(Arc::from);
+            let result = backend.list(server, path, prio).map(Arc::from);
             let fetched = Arc::new(Fetched {
                 at: Instant::now(),
                 result,

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod merge;
+pub mod prefetch;
 pub mod reader;
 
 use std::collections::{HashMap, HashSet};
@@ -22,10 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Priority};
 use crate::error::{Error, Kind, Result};
 use cache::ListingCache;
 use merge::{Merged, MergedKind};
+use prefetch::{FileCache, Job, Queue};
 use reader::OpenFile;
 
 pub const ROOT: u64 = 1;
@@ -61,6 +63,8 @@ pub struct Options {
     pub cache_entries: usize,
     /// Upper bound for waiting on a listing another request is fetching.
     pub max_wait: Duration,
+    /// Fetch listings and small files ahead of the walker (see [`prefetch`]).
+    pub prefetch: bool,
 }
 
 enum NodeKind {
@@ -72,8 +76,12 @@ enum NodeKind {
 #[derive(Default)]
 struct DirData {
     children: HashMap<Box<[u8]>, u64>,
+    /// The children's inodes sorted by name: the order readdir (and so `find`/`grep -r`) uses.
+    order: Box<[u64]>,
     /// When the merged listing must be refreshed; `None` until it was first listed.
     expires: Option<Instant>,
+    /// How many levels below this directory have been queued for prefetch already.
+    prefetched_depth: u8,
 }
 
 struct Node {
@@ -84,6 +92,8 @@ struct Node {
     mtime: SystemTime,
     /// Servers holding it, in priority order (see `merge::Merged::sources`).
     sources: Box<[u16]>,
+    /// Position in the parent's `order`.
+    idx: u32,
 }
 
 struct Nodes {
@@ -100,6 +110,8 @@ pub struct Circle {
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     conflicts_logged: Mutex<HashSet<Vec<u8>>>,
+    queue: Arc<Queue>,
+    prefetched: FileCache,
 }
 
 fn lock_err() -> Error {
@@ -120,6 +132,7 @@ impl Circle {
                 size: 0,
                 mtime: now,
                 sources: all.into(),
+                idx: 0,
             },
         );
         Circle {
@@ -134,7 +147,125 @@ impl Circle {
             next_fh: AtomicU64::new(1),
             mounted_at: now,
             conflicts_logged: Mutex::new(HashSet::new()),
+            queue: Arc::new(Queue::default()),
+            prefetched: FileCache::default(),
         }
+    }
+
+    /// Start `workers` prefetch threads (none if prefetch is off). They end within a second
+    /// of the last reference to the circle going away.
+    pub fn start_prefetch(self: &Arc<Self>, workers: usize) {
+        if !self.opts.prefetch {
+            return;
+        }
+        for _ in 0..workers {
+            let weak = Arc::downgrade(self);
+            let queue = Arc::clone(&self.queue);
+            let spawned = std::thread::Builder::new()
+                .name("ftpc-prefetch".into())
+                .spawn(move || {
+                    // Ends when the circle is gone (unmounted).
+                    while weak.strong_count() > 0 {
+                        let Some(job) = queue.pop(Duration::from_secs(1)) else {
+                            continue;
+                        };
+                        let Some(circle) = weak.upgrade() else {
+                            break;
+                        };
+                        circle.run_job(job);
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a prefetch thread: {e}");
+            }
+        }
+    }
+
+    fn run_job(&self, job: Job) {
+        match job {
+            Job::Dir { ino, depth } => {
+                if let Err(e) = self.refresh(ino, Priority::Background, depth) {
+                    log::debug!("prefetch of a directory: {e}");
+                }
+            }
+            Job::File { ino } => self.prefetch_file(ino),
+        }
+    }
+
+    /// Fetch a small file whole into the prefetch cache.
+    fn prefetch_file(&self, ino: u64) {
+        let Ok((path, size, sources)) = self.file_info(ino) else {
+            return;
+        };
+        if size > prefetch::SMALL_FILE_MAX || !self.prefetched.begin(ino) {
+            return;
+        }
+        let mut data = None;
+        for s in sources {
+            match fetch_whole(self.backend.as_ref(), s, &path, size) {
+                Ok(d) => {
+                    data = Some(d);
+                    break;
+                }
+                Err(e) => log::debug!("prefetch of /{}: {e}", String::from_utf8_lossy(&path)),
+            }
+        }
+        self.prefetched.complete(ino, data);
+    }
+
+    /// Queue the small files the walker will open after `ino`: the rest of its directory in
+    /// name order, then the files of the next sibling directories already listed.
+    fn queue_files_after(&self, ino: u64) {
+        let Ok(nodes) = self.nodes.read() else {
+            return;
+        };
+        let mut jobs = Vec::new();
+        let small = |c: &u64| {
+            nodes.map.get(c).is_some_and(|n| {
+                matches!(n.kind, NodeKind::File) && n.size <= prefetch::SMALL_FILE_MAX
+            })
+        };
+        let dir_order = |d: u64| match nodes.map.get(&d).map(|n| &n.kind) {
+            Some(NodeKind::Dir(dd)) if dd.expires.is_some() => Some(&dd.order),
+            _ => None,
+        };
+        let Some(node) = nodes.map.get(&ino) else {
+            return;
+        };
+        let parent = node.parent;
+        if let Some(order) = dir_order(parent) {
+            let rest = order.get(node.idx as usize + 1..).unwrap_or(&[]);
+            jobs.extend(rest.iter().filter(|c| small(c)).take(prefetch::FILES_AHEAD));
+        }
+        if jobs.len() < prefetch::FILES_AHEAD
+            && parent != ROOT
+            && let Some(p) = nodes.map.get(&parent)
+            && let Some(siblings) = dir_order(p.parent)
+        {
+            // Two next sibling directories cover the next few leaf directories of a tree.
+            let next = siblings.get(p.idx as usize + 1..).unwrap_or(&[]);
+            for &sib in next.iter().take(2) {
+                if let Some(order) = dir_order(sib) {
+                    let room = prefetch::FILES_AHEAD - jobs.len();
+                    jobs.extend(order.iter().filter(|c| small(c)).take(room));
+                }
+            }
+        }
+        drop(nodes);
+        let jobs: Vec<Job> = jobs.into_iter().map(|ino| Job::File { ino }).collect();
+        self.queue.push_front(&jobs);
+    }
+
+    fn file_info(&self, ino: u64) -> Result<(Vec<u8>, u64, Vec<usize>)> {
+        let nodes = self.nodes.read().map_err(|_| lock_err())?;
+        let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+        match node.kind {
+            NodeKind::File => {}
+            NodeKind::Dir(_) => return Err(Error::new(Kind::Invalid, "is a directory")),
+            NodeKind::Symlink(_) => return Err(Error::new(Kind::Invalid, "is a symlink")),
+        }
+        let sources = node.sources.iter().map(|&s| s as usize).collect();
+        Ok((Self::path_of(&nodes, ino), node.size, sources))
     }
 
     pub fn ttl(&self) -> Duration {
@@ -154,7 +285,7 @@ impl Circle {
     /// errors of those that failed, so startup can name them.
     pub fn check_servers(&self) -> Vec<Error> {
         let all: Vec<u16> = (0..self.backend.servers() as u16).collect();
-        self.fetch_all(&all, b"")
+        self.fetch_all(&all, b"", Priority::Foreground)
             .into_iter()
             .filter_map(|(_, f)| f.result.as_ref().err().cloned())
             .collect()
@@ -167,7 +298,7 @@ impl Circle {
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.refresh_dir(parent)?;
+        self.refresh(parent, Priority::Foreground, prefetch::DIR_DEPTH)?;
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let ino = match &nodes.map.get(&parent).ok_or_else(Error::not_found)?.kind {
             NodeKind::Dir(d) => *d.children.get(name).ok_or_else(Error::not_found)?,
@@ -179,7 +310,7 @@ impl Circle {
 
     /// All entries of a directory (without `.` and `..`), sorted by name.
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
-        self.refresh_dir(ino)?;
+        self.refresh(ino, Priority::Foreground, prefetch::DIR_DEPTH)?;
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let NodeKind::Dir(d) = &nodes.map.get(&ino).ok_or_else(Error::not_found)?.kind else {
             return Err(Error::new(Kind::Invalid, "not a directory"));
@@ -215,29 +346,31 @@ impl Circle {
         }
     }
 
-    /// Open a file for reading; no network round trip. Returns the file handle.
+    /// Open a file for reading; no network round trip (at most a wait for a prefetch of this
+    /// very file that is on its way). Returns the file handle.
     pub fn open(&self, ino: u64) -> Result<u64> {
-        let (path, size, sources) = {
-            let nodes = self.nodes.read().map_err(|_| lock_err())?;
-            let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
-            match node.kind {
-                NodeKind::File => {}
-                NodeKind::Dir(_) => return Err(Error::new(Kind::Invalid, "is a directory")),
-                NodeKind::Symlink(_) => return Err(Error::new(Kind::Invalid, "is a symlink")),
-            }
-            let sources = node.sources.iter().map(|&s| s as usize).collect();
-            (Self::path_of(&nodes, ino), node.size, sources)
-        };
+        let (path, size, sources) = self.file_info(ino)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = Arc::new(OpenFile::new(
+        let file = OpenFile::new(
             Arc::clone(&self.backend),
             ino,
             path,
             size,
             sources,
             self.opts.max_wait,
-        ));
-        self.files.lock().map_err(|_| lock_err())?.insert(fh, file);
+        );
+        if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {
+            if let Some(data) = self.prefetched.take(ino, self.opts.max_wait)
+                && data.len() as u64 == size
+            {
+                file.seed(Arc::unwrap_or_clone(data));
+            }
+            self.queue_files_after(ino);
+        }
+        self.files
+            .lock()
+            .map_err(|_| lock_err())?
+            .insert(fh, Arc::new(file));
         Ok(fh)
     }
 
@@ -332,8 +465,49 @@ impl Circle {
         parts.join(&b'/')
     }
 
+    /// Make sure the merged listing of directory `ino` is fresh, fetching if needed, then
+    /// queue prefetch of `depth` levels of subdirectories below it.
+    fn refresh(&self, ino: u64, prio: Priority, depth: u8) -> Result<()> {
+        self.refresh_dir(ino, prio)?;
+        if self.opts.prefetch && depth > 0 {
+            self.queue_subdirs(ino, depth);
+        }
+        Ok(())
+    }
+
+    /// Queue the subdirectories of `ino` for listing (each `depth - 1` levels further), unless
+    /// that was done already for at least this depth since the last refresh.
+    fn queue_subdirs(&self, ino: u64, depth: u8) {
+        let Ok(mut nodes) = self.nodes.write() else {
+            return;
+        };
+        let order = match nodes.map.get_mut(&ino).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(d)) if d.prefetched_depth < depth => {
+                d.prefetched_depth = depth;
+                d.order.clone()
+            }
+            _ => return,
+        };
+        let now = Instant::now();
+        let jobs: Vec<Job> = order
+            .iter()
+            .filter(|c| match nodes.map.get(c).map(|n| &n.kind) {
+                Some(NodeKind::Dir(d)) => {
+                    d.expires.is_none_or(|e| now >= e) || d.prefetched_depth < depth - 1
+                }
+                _ => false,
+            })
+            .map(|&c| Job::Dir {
+                ino: c,
+                depth: depth - 1,
+            })
+            .collect();
+        drop(nodes);
+        self.queue.push_front(&jobs);
+    }
+
     /// Make sure the merged listing of directory `ino` is fresh, fetching if needed.
-    fn refresh_dir(&self, ino: u64) -> Result<()> {
+    fn refresh_dir(&self, ino: u64, prio: Priority) -> Result<()> {
         let (path, servers) = {
             let nodes = self.nodes.read().map_err(|_| lock_err())?;
             let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
@@ -345,7 +519,7 @@ impl Circle {
             }
             (Self::path_of(&nodes, ino), node.sources.to_vec())
         };
-        let fetched = self.fetch_all(&servers, &path);
+        let fetched = self.fetch_all(&servers, &path, prio);
         let mut ok = Vec::new();
         let mut first_err = None;
         for (server, f) in &fetched {
@@ -377,7 +551,12 @@ impl Circle {
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to
     /// the network. Results are in the order of `servers` (priority order).
-    fn fetch_all(&self, servers: &[u16], path: &[u8]) -> Vec<(usize, Arc<cache::Fetched>)> {
+    fn fetch_all(
+        &self,
+        servers: &[u16],
+        path: &[u8],
+        prio: Priority,
+    ) -> Vec<(usize, Arc<cache::Fetched>)> {
         let backend = self.backend.as_ref();
         let missing = servers
             .iter()
@@ -386,7 +565,7 @@ impl Circle {
         if missing <= 1 {
             return servers
                 .iter()
-                .map(|&s| (s as usize, self.cache.get(backend, s as usize, path)))
+                .map(|&s| (s as usize, self.cache.get(backend, s as usize, path, prio)))
                 .collect();
         }
         std::thread::scope(|scope| {
@@ -394,7 +573,10 @@ impl Circle {
                 .iter()
                 .map(|&s| {
                     let s = s as usize;
-                    (s, scope.spawn(move || self.cache.get(backend, s, path)))
+                    (
+                        s,
+                        scope.spawn(move || self.cache.get(backend, s, path, prio)),
+                    )
                 })
                 .collect();
             handles
@@ -445,7 +627,10 @@ impl Circle {
             _ => return Err(Error::not_found()),
         };
         let mut children = HashMap::with_capacity(merged.len());
-        for m in merged {
+        let mut order = Vec::with_capacity(merged.len());
+        // `merged` is sorted by name, so `order` is too.
+        for (idx, m) in merged.into_iter().enumerate() {
+            let idx = idx as u32;
             let sources: Box<[u16]> = m.sources.iter().map(|&s| s as u16).collect();
             let mtime = m.mtime.unwrap_or(self.mounted_at);
             let kind = match m.kind {
@@ -468,6 +653,7 @@ impl Circle {
                         n.size = m.size;
                         n.mtime = mtime;
                         n.sources = sources;
+                        n.idx = idx;
                         // A directory keeps its own children and expiry.
                         if !matches!(n.kind, NodeKind::Dir(_)) {
                             n.kind = kind;
@@ -487,17 +673,47 @@ impl Circle {
                             size: m.size,
                             mtime,
                             sources,
+                            idx,
                         },
                     );
                     ino
                 }
             };
             children.insert(name, ino);
+            order.push(ino);
         }
         if let Some(NodeKind::Dir(d)) = nodes.map.get_mut(&dir).map(|n| &mut n.kind) {
             d.children = children;
+            d.order = order.into();
             d.expires = Some(expires);
+            d.prefetched_depth = 0;
         }
         Ok(())
     }
+}
+
+/// Read a small file whole from one server (background priority), checking it has exactly the
+/// listed size.
+fn fetch_whole(backend: &dyn Backend, server: usize, path: &[u8], size: u64) -> Result<Vec<u8>> {
+    let mut stream = backend.open(server, path, 0, Priority::Background)?;
+    let mut data = vec![0u8; size as usize];
+    let mut got = 0;
+    while got < data.len() {
+        let n = stream.read(&mut data[got..])?;
+        if n == 0 {
+            stream.abort();
+            return Err(Error::new(
+                Kind::Stale,
+                format!("transfer ended at byte {got} of {size} listed"),
+            ));
+        }
+        got += n;
+    }
+    let mut probe = [0u8; 1];
+    if stream.read(&mut probe)? != 0 {
+        stream.abort();
+        return Err(Error::new(Kind::Stale, "more bytes than listed"));
+    }
+    stream.finish()?;
+    Ok(data)
 }

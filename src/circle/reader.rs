@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, ByteStream};
+use crate::backend::{Backend, ByteStream, Priority};
 use crate::error::{Error, Kind, Result};
 
 /// Unit of network reads and of the buffer. 1 MiB matches the largest FUSE read (256 pages
@@ -143,6 +143,13 @@ impl OpenFile {
         self.shared.size
     }
 
+    /// Start with the whole file already here (prefetched); no transfer will be needed.
+    pub fn seed(&self, data: Vec<u8>) {
+        if data.len() as u64 == self.shared.size {
+            self.shared.lock().chunks.push(0, data);
+        }
+    }
+
     pub fn path(&self) -> &[u8] {
         &self.shared.path
     }
@@ -186,9 +193,10 @@ impl OpenFile {
                 st = sh.wait(st, deadline);
                 continue;
             }
-            let usable = st.active.as_ref().is_some_and(|a| {
-                a.pos <= cur && (cur - a.pos <= SKIP_FORWARD || a.no_rest)
-            });
+            let usable = st
+                .active
+                .as_ref()
+                .is_some_and(|a| a.pos <= cur && (cur - a.pos <= SKIP_FORWARD || a.no_rest));
             if usable {
                 st = sh.pull(st);
             } else {
@@ -310,7 +318,10 @@ impl Shared {
         let mut no_rest = Vec::new();
         let mut last_err = None;
         for &server in self.sources.iter().filter(|s| !failed.contains(s)) {
-            match self.backend.open(server, &self.path, offset) {
+            match self
+                .backend
+                .open(server, &self.path, offset, Priority::Foreground)
+            {
                 Ok(stream) => {
                     let active = Active {
                         server,
@@ -329,7 +340,10 @@ impl Shared {
             }
         }
         for server in no_rest {
-            match self.backend.open(server, &self.path, 0) {
+            match self
+                .backend
+                .open(server, &self.path, 0, Priority::Foreground)
+            {
                 Ok(stream) => {
                     log::debug!(
                         "{}: {} has no REST: reading from the start up to {offset}",

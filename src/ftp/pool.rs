@@ -24,7 +24,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream};
+use crate::backend::{Backend, ByteStream, Priority};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{Conn, Endpoint, Transfer};
 use crate::ftp::listing::{self, RawEntry};
@@ -57,6 +57,8 @@ struct PoolState {
     down: Option<Down>,
     /// The server refused REST once: don't ask it for offsets again.
     no_rest: bool,
+    /// Foreground requests waiting for a connection: background work yields to them.
+    fg_waiting: usize,
 }
 
 struct Down {
@@ -88,6 +90,7 @@ impl Server {
                 last_busy: None,
                 down: None,
                 no_rest: false,
+                fg_waiting: 0,
             }),
             freed: Condvar::new(),
         })
@@ -114,7 +117,9 @@ impl Server {
     }
 
     /// Take a connection: an idle one, or a new one while under the cap, or wait (bounded).
-    pub fn acquire(self: &Arc<Self>) -> Result<Lease> {
+    /// Background requests leave one connection of the budget to foreground ones and never take
+    /// one while a foreground request is waiting.
+    pub fn acquire(self: &Arc<Self>, prio: Priority) -> Result<Lease> {
         let deadline = Instant::now() + self.ep.timeout;
         let mut st = self.lock();
         if let Some(d) = &st.down {
@@ -132,8 +137,28 @@ impl Server {
             st.budget += 1;
             st.last_busy = Some(Instant::now());
         }
+        let fg = prio == Priority::Foreground;
+        if fg {
+            st.fg_waiting += 1;
+        }
+        let res = self.acquire_locked(st, prio, deadline);
+        if fg {
+            self.lock().fg_waiting -= 1;
+        }
+        res
+    }
+
+    fn acquire_locked(
+        self: &Arc<Self>,
+        mut st: MutexGuard<'_, PoolState>,
+        prio: Priority,
+        deadline: Instant,
+    ) -> Result<Lease> {
+        let fg = prio == Priority::Foreground;
         loop {
-            if let Some(mut conn) = st.idle.pop() {
+            // Background work may use all but one connection, and only with nobody waiting.
+            let allowed = fg || (st.fg_waiting == 0 && st.leased + 1 < st.budget.max(2));
+            if allowed && let Some(mut conn) = st.idle.pop() {
                 st.leased += 1;
                 drop(st);
                 if conn.last_used.elapsed() < IDLE_CHECK_AFTER || conn.noop(self.label()).is_ok() {
@@ -142,7 +167,7 @@ impl Server {
                 // Stale: replace it with a fresh connection under the same slot.
                 return self.connect_into_slot();
             }
-            if st.leased < st.budget {
+            if allowed && st.leased < st.budget {
                 st.leased += 1;
                 drop(st);
                 return self.connect_into_slot();
@@ -205,7 +230,10 @@ impl Server {
             return;
         }
         // Named once, when the state changes; the prober logs when it comes back.
-        log::warn!("{}: marked down: {e}; retrying in the background", self.label());
+        log::warn!(
+            "{}: marked down: {e}; retrying in the background",
+            self.label()
+        );
         st.idle.clear();
         let backoff = if e.kind == Kind::Auth {
             PROBE_MAX
@@ -277,14 +305,19 @@ impl Server {
     /// fresh one (the server may have closed it while idle), unless it timed out; a "busy" reply
     /// is retried after a backoff within the timeout. Any failure drops the connection except a
     /// plain "no such file" reply, after which the connection is still in sync.
-    fn with_conn<T>(self: &Arc<Self>, op: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
-        self.with_lease(op).map(|(_lease, v)| v)
+    fn with_conn<T>(
+        self: &Arc<Self>,
+        prio: Priority,
+        op: impl FnMut(&mut Conn) -> Result<T>,
+    ) -> Result<T> {
+        self.with_lease(prio, op).map(|(_lease, v)| v)
     }
 
     /// Like [`Self::with_conn`], but hands back the lease with the result, for results (a
     /// transfer) that keep using the connection.
     fn with_lease<T>(
         self: &Arc<Self>,
+        prio: Priority,
         mut op: impl FnMut(&mut Conn) -> Result<T>,
     ) -> Result<(Lease, T)> {
         let deadline = Instant::now() + self.ep.timeout;
@@ -293,7 +326,7 @@ impl Server {
         // Bounded: each turn either returns, uses up the one stale retry, or sleeps a growing
         // backoff until the deadline.
         loop {
-            let mut lease = match self.acquire() {
+            let mut lease = match self.acquire(prio) {
                 Ok(l) => l,
                 Err(e) if e.kind == Kind::Busy && Instant::now() + busy_wait < deadline => {
                     std::thread::sleep(busy_wait);
@@ -312,7 +345,10 @@ impl Server {
                     drop(lease);
                     if reused && !stale_retry_done && e.kind == Kind::Network {
                         stale_retry_done = true;
-                        log::debug!("{}: retrying on a fresh connection after: {e}", self.label());
+                        log::debug!(
+                            "{}: retrying on a fresh connection after: {e}",
+                            self.label()
+                        );
                         continue;
                     }
                     self.note_failure(&e, !reused || e.kind != Kind::Network);
@@ -349,7 +385,8 @@ impl Drop for Lease {
             st.idle.push(conn);
         }
         drop(st);
-        self.server.freed.notify_one();
+        // All waiters: a background one cannot use a slot a foreground one is waiting for.
+        self.server.freed.notify_all();
     }
 }
 
@@ -404,10 +441,10 @@ impl Backend for FtpBackend {
         self.servers.get(s).map_or(b"/", |srv| srv.base.as_slice())
     }
 
-    fn list(&self, s: usize, path: &[u8]) -> Result<Vec<RawEntry>> {
+    fn list(&self, s: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>> {
         let server = self.server(s)?;
         let spath = server.server_path(path);
-        let (format, lines) = server.with_conn(|c| c.list_dir(server.label(), &spath))?;
+        let (format, lines) = server.with_conn(prio, |c| c.list_dir(server.label(), &spath))?;
         let parsed = listing::parse_listing(&lines, format, SystemTime::now());
         for skip in &parsed.skipped {
             log::debug!(
@@ -421,7 +458,13 @@ impl Backend for FtpBackend {
         Ok(parsed.entries)
     }
 
-    fn open(&self, s: usize, path: &[u8], offset: u64) -> Result<Box<dyn ByteStream>> {
+    fn open(
+        &self,
+        s: usize,
+        path: &[u8],
+        offset: u64,
+        prio: Priority,
+    ) -> Result<Box<dyn ByteStream>> {
         let server = self.server(s)?;
         if offset > 0 && server.lock().no_rest {
             return Err(Error::new(
@@ -430,7 +473,7 @@ impl Backend for FtpBackend {
             ));
         }
         let spath = server.server_path(path);
-        match server.with_lease(|conn| conn.retr(server.label(), &spath, offset)) {
+        match server.with_lease(prio, |conn| conn.retr(server.label(), &spath, offset)) {
             Ok((lease, xfer)) => Ok(Box::new(FtpStream {
                 lease,
                 xfer: Some(xfer),

@@ -1,0 +1,244 @@
+//! Prefetch: fetch what a walker (`find`, `grep -r`, `cp -r`) will ask for next, in parallel,
+//! before it asks, within each server's connection budget (background priority: a prefetch
+//! never takes a connection a user request is waiting for, and leaves one spare).
+//!
+//! - Directory listings: when a directory is listed, its subdirectories are queued, and theirs
+//!   in turn, down to [`DIR_DEPTH`] levels below the directory the user touched. The queue is a
+//!   stack (children pushed in reverse name order), so prefetch runs depth-first in the same
+//!   order as `find`, just ahead of it.
+//! - Small files: when a small file is opened, the next [`FILES_AHEAD`] small files in
+//!   directory order (continuing into the next sibling directories already listed) are
+//!   fetched whole into a bounded cache; `grep -r` reads files one after another in exactly
+//!   that order, so they are already here when it opens them.
+//!
+//! Bounded: the queue holds at most [`QUEUE_CAP`] jobs (the oldest are dropped), the file cache
+//! at most [`FILE_CACHE_BYTES`], workers are a fixed pool. `--no-prefetch` switches it all off.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Levels of subdirectories listed ahead of what the user touched. Two levels keep every
+/// server's connections busy for trees with a handful of subdirectories per directory while
+/// never listing a whole server because someone ran `ls` at the top.
+pub const DIR_DEPTH: u8 = 2;
+/// Small files fetched ahead of the one being opened: enough to cover ~3 round trips per file
+/// on every connection of 3 servers.
+pub const FILES_AHEAD: usize = 16;
+/// Only files up to this size are prefetched whole; bigger ones are streamed on demand.
+pub const SMALL_FILE_MAX: u64 = 256 * 1024;
+/// Bound on prefetched file bytes held in memory at once.
+pub const FILE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Bound on queued jobs (a job is an inode number and a tag: 16 bytes).
+pub const QUEUE_CAP: usize = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// List this directory (merged, all its servers); `depth` more levels below it.
+    Dir { ino: u64, depth: u8 },
+    /// Fetch this small file whole.
+    File { ino: u64 },
+}
+
+pub struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    cv: Condvar,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            jobs: Mutex::new(VecDeque::new()),
+            cv: Condvar::new(),
+        }
+    }
+}
+
+impl Queue {
+    /// Push jobs to the front, keeping their order (so they are taken first, in order).
+    pub fn push_front(&self, jobs: &[Job]) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut q = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        for job in jobs.iter().rev() {
+            q.push_front(*job);
+        }
+        q.truncate(QUEUE_CAP);
+        drop(q);
+        self.cv.notify_all();
+    }
+
+    /// The next job, waiting up to `wait` for one.
+    pub fn pop(&self, wait: Duration) -> Option<Job> {
+        let mut q = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            q = self
+                .cv
+                .wait_timeout(q, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        q.pop_front()
+    }
+}
+
+enum Slot {
+    Loading,
+    Ready(Arc<Vec<u8>>),
+}
+
+/// Small files fetched ahead, by inode, until opened (then the kernel's page cache has them).
+#[derive(Default)]
+pub struct FileCache {
+    inner: Mutex<FileCacheInner>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct FileCacheInner {
+    slots: HashMap<u64, Slot>,
+    /// Ready inodes in arrival order, for eviction.
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+impl FileCache {
+    fn lock(&self) -> MutexGuard<'_, FileCacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claim `ino` for loading; false if it is loading or loaded already, or the cache is full.
+    pub fn begin(&self, ino: u64) -> bool {
+        let mut c = self.lock();
+        if c.slots.contains_key(&ino) || c.bytes >= FILE_CACHE_BYTES {
+            return false;
+        }
+        c.slots.insert(ino, Slot::Loading);
+        true
+    }
+
+    /// Store the result of a load started with `begin` (None: it failed; forget it).
+    pub fn complete(&self, ino: u64, data: Option<Vec<u8>>) {
+        let mut c = self.lock();
+        match data {
+            Some(d) => {
+                c.bytes += d.len();
+                c.order.push_back(ino);
+                c.slots.insert(ino, Slot::Ready(Arc::new(d)));
+                // Bounded by the number of ready entries.
+                while c.bytes > FILE_CACHE_BYTES {
+                    let Some(old) = c.order.pop_front() else {
+                        break;
+                    };
+                    if let Some(Slot::Ready(d)) = c.slots.remove(&old) {
+                        c.bytes -= d.len();
+                    }
+                }
+            }
+            None => {
+                c.slots.remove(&ino);
+            }
+        }
+        drop(c);
+        self.cv.notify_all();
+    }
+
+    /// Take the prefetched bytes of `ino`, waiting (up to `max_wait`) if they are on the way.
+    pub fn take(&self, ino: u64, max_wait: Duration) -> Option<Arc<Vec<u8>>> {
+        let deadline = Instant::now() + max_wait;
+        let mut c = self.lock();
+        loop {
+            match c.slots.get(&ino) {
+                None => return None,
+                Some(Slot::Ready(_)) => {
+                    let Some(Slot::Ready(d)) = c.slots.remove(&ino) else {
+                        return None;
+                    };
+                    c.bytes -= d.len();
+                    c.order.retain(|&i| i != ino);
+                    return Some(d);
+                }
+                Some(Slot::Loading) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    c = self
+                        .cv
+                        .wait_timeout(c, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Bytes held (for tests and statistics).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_a_stack_that_keeps_batch_order() {
+        let q = Queue::default();
+        q.push_front(&[Job::Dir { ino: 1, depth: 1 }, Job::Dir { ino: 2, depth: 1 }]);
+        q.push_front(&[Job::File { ino: 3 }]);
+        let got: Vec<_> = (0..3).filter_map(|_| q.pop(Duration::ZERO)).collect();
+        assert_eq!(
+            got,
+            [
+                Job::File { ino: 3 },
+                Job::Dir { ino: 1, depth: 1 },
+                Job::Dir { ino: 2, depth: 1 }
+            ]
+        );
+        assert_eq!(q.pop(Duration::from_millis(1)), None);
+    }
+
+    #[test]
+    fn file_cache_single_flight_and_bound() {
+        let c = FileCache::default();
+        assert!(c.begin(7));
+        assert!(!c.begin(7), "a second load of the same file is refused");
+        c.complete(7, Some(vec![1, 2, 3]));
+        assert_eq!(c.bytes(), 3);
+        assert_eq!(c.take(7, Duration::ZERO).unwrap().as_slice(), &[1, 2, 3]);
+        assert_eq!(c.bytes(), 0);
+        assert!(c.take(7, Duration::ZERO).is_none());
+        // Failed loads are forgotten.
+        assert!(c.begin(8));
+        c.complete(8, None);
+        assert!(c.take(8, Duration::ZERO).is_none());
+        // A full cache refuses new loads (back-pressure on prefetch)...
+        for i in 0..4u64 {
+            assert!(c.begin(100 + i));
+            c.complete(100 + i, Some(vec![0; FILE_CACHE_BYTES / 4]));
+        }
+        assert_eq!(c.bytes(), FILE_CACHE_BYTES);
+        assert!(!c.begin(200));
+        // ...and a load that overshoots the bound evicts the oldest.
+        assert!(c.take(101, Duration::ZERO).is_some());
+        assert!(c.begin(201));
+        c.complete(201, Some(vec![0; FILE_CACHE_BYTES / 2]));
+        assert!(c.bytes() <= FILE_CACHE_BYTES);
+        assert!(c.take(100, Duration::ZERO).is_none(), "oldest evicted");
+        assert!(c.take(201, Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn waiting_take_sees_a_load_that_completes() {
+        let c = Arc::new(FileCache::default());
+        assert!(c.begin(1));
+        let c2 = Arc::clone(&c);
+        let t = std::thread::spawn(move || c2.take(1, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(20));
+        c.complete(1, Some(vec![9]));
+        assert_eq!(t.join().unwrap().unwrap().as_slice(), &[9]);
+    }
+}
