@@ -13,6 +13,8 @@
 // Each test crate uses a different subset of this module.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -1354,6 +1356,12 @@ impl Mount {
     /// `MNT/rel`.
     pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.mnt.join(rel)
+    }
+
+    /// What `ftpcircle-fs MNT` printed (stdout and stderr) until it returned
+    /// (for -f mounts: everything so far).
+    pub fn launch_output(&self) -> String {
+        read_lossy(&self.launch_out)
     }
 
     /// The daemon's --log-file contents.
