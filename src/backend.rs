@@ -27,6 +27,10 @@ pub trait Backend: Send + Sync {
     fn base(&self, server: usize) -> &[u8];
     /// The entries of one directory on one server (already validated: no `.`/`..`, no `/`).
     fn list(&self, server: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>>;
+    /// The server is known not to answer right now: don't wait for it.
+    fn is_down(&self, _server: usize) -> bool {
+        false
+    }
     /// Start streaming the file at `path` from byte `offset`.
     fn open(
         &self,

@@ -45,8 +45,8 @@ struct Args {
     /// How long directory listings are cached, in seconds
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     cache_ttl: f64,
-    /// How many (server, directory) listings the cache holds at most
-    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    /// How many directory entries the listing cache holds at most, over all listings
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
     cache_entries: usize,
     /// Don't fetch directory listings and small files ahead of the walker
     #[arg(long)]
@@ -95,6 +95,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if specs.len() > circle::MAX_SERVERS {
+        eprintln!(
+            "ftpcircle-fs: {}: {} servers listed; at most {} are supported",
+            list_path.display(),
+            specs.len(),
+            circle::MAX_SERVERS
+        );
+        return ExitCode::from(2);
+    }
     if let Err(e) = check_args(&args) {
         eprintln!("ftpcircle-fs: {e}");
         return ExitCode::from(2);

@@ -53,6 +53,13 @@ fn opts() -> MountOptions {
         .arg(&TIMEOUT.to_string())
 }
 
+/// For tests that make a server go silent after the mount is up: without prefetch, the
+/// listings of the subdirectories are fetched when `ls` asks, so the fault is met by the
+/// request under test (with prefetch they may already be cached, which hides the fault).
+fn opts_no_prefetch() -> MountOptions {
+    opts().arg("--no-prefetch")
+}
+
 /// A vsftpd serving `files` (path, bytes); the root dir lives as long as it.
 struct Vs {
     srv: FtpServer,
@@ -417,7 +424,7 @@ fn fake_server_going_silent_is_skipped_then_rejoins() {
         ("d3/v3.txt", b"v3\n"),
     ]);
     let list = format!("{}\n{}\n", fake.line(), vs.srv.line());
-    let m = Mount::start(&list, &opts());
+    let m = Mount::start(&list, &opts_no_prefetch());
     let mut c = Checks::default();
     let (root, _) = ls(m.path());
     assert_eq!(
@@ -475,7 +482,7 @@ fn sigstopped_vsftpd_is_skipped_then_rejoins() {
         ("d3/b3.txt", b"b3\n"),
     ]);
     let list = format!("{}\n{}\n", a.srv.line(), b.srv.line());
-    let m = Mount::start(&list, &opts());
+    let m = Mount::start(&list, &opts_no_prefetch());
     let mut c = Checks::default();
     let (root, _) = ls(m.path());
     assert_eq!(

@@ -1,5 +1,11 @@
-//! Per (server, directory) listing cache: an LRU bounded by entries, each entry with a TTL, and
-//! single-flight fetching (concurrent requests for the same listing wait for the one in flight).
+//! Per (server, directory) listing cache: an LRU bounded by the total number of directory
+//! entries it holds (`--cache-entries`), each listing with a TTL, and single-flight fetching
+//! (concurrent requests for the same listing wait for the one in flight).
+//!
+//! The merged tree keeps what it needs of a listing after merging, so this cache only has to
+//! remember recent listings: for a directory re-merged after one of its servers failed, and to
+//! join concurrent requests. Bounding it by entries, not listings, bounds its memory (about
+//! 100 bytes per entry) whatever the directory sizes.
 //!
 //! Invariants:
 //! - within one TTL a listing is fetched from its server at most once (unless evicted by the
@@ -10,7 +16,6 @@
 //!   network timeouts) plus a margin.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -48,22 +53,60 @@ struct Flight {
     cv: Condvar,
 }
 
+struct Lru {
+    map: LruCache<Key, Arc<Fetched>>,
+    /// Directory entries held in all cached listings.
+    entries: usize,
+    cap: usize,
+}
+
+impl Lru {
+    fn len_of(f: &Fetched) -> usize {
+        // An error or empty listing still costs a slot.
+        f.result.as_ref().map_or(1, |e| e.len().max(1))
+    }
+
+    fn put(&mut self, key: Key, f: Arc<Fetched>) {
+        self.entries += Self::len_of(&f);
+        if let Some(old) = self.map.put(key, f) {
+            self.entries -= Self::len_of(&old);
+        }
+        // Bounded: each turn removes one listing.
+        while self.entries > self.cap {
+            match self.map.pop_lru() {
+                Some((_, old)) => self.entries -= Self::len_of(&old),
+                None => break,
+            }
+        }
+    }
+
+    fn pop(&mut self, key: &Key) {
+        if let Some(old) = self.map.pop(key) {
+            self.entries -= Self::len_of(&old);
+        }
+    }
+}
+
 pub struct ListingCache {
     ttl: Duration,
     /// Upper bound for a waiter: the fetch itself is bounded by the network timeouts.
     max_wait: Duration,
-    lru: Mutex<LruCache<Key, Arc<Fetched>>>,
+    lru: Mutex<Lru>,
     flights: Mutex<HashMap<Key, Arc<Flight>>>,
     fetches: AtomicU64,
 }
 
 impl ListingCache {
+    /// `entries`: bound on directory entries held, summed over all cached listings.
     pub fn new(ttl: Duration, entries: usize, max_wait: Duration) -> Self {
-        let cap = NonZeroUsize::new(entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         ListingCache {
             ttl,
             max_wait,
-            lru: Mutex::new(LruCache::new(cap)),
+            lru: Mutex::new(Lru {
+                map: LruCache::unbounded(),
+                entries: 0,
+                cap: entries.max(1),
+            }),
             flights: Mutex::new(HashMap::new()),
             fetches: AtomicU64::new(0),
         }
@@ -77,7 +120,7 @@ impl ListingCache {
     /// A cached listing that is still fresh, without fetching.
     pub fn fresh(&self, key: &Key) -> Option<Arc<Fetched>> {
         let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
-        lru.get(key).filter(|f| f.fresh(self.ttl)).cloned()
+        lru.map.get(key).filter(|f| f.fresh(self.ttl)).cloned()
     }
 
     /// The listing of `path` on `server`: cached if fresh, else fetched once for all callers.
@@ -136,6 +179,17 @@ impl ListingCache {
                 return Arc::clone(f);
             }
             let now = Instant::now();
+            // A listing that started before its server was marked down may still be waiting
+            // out its timeout; nobody else has to wait with it.
+            if backend.is_down(server) {
+                return Arc::new(Fetched {
+                    at: now,
+                    result: Err(Error::new(
+                        Kind::Unavailable,
+                        format!("{}: marked down", backend.label(server)),
+                    )),
+                });
+            }
             if now >= deadline {
                 return Arc::new(Fetched {
                     at: now,
@@ -149,9 +203,11 @@ impl ListingCache {
                     )),
                 });
             }
+            // Wake up now and then to notice the server being marked down.
+            let nap = (deadline - now).min(Duration::from_millis(100));
             done = flight
                 .cv
-                .wait_timeout(done, deadline - now)
+                .wait_timeout(done, nap)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }

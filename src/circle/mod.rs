@@ -59,7 +59,7 @@ pub struct DirEntry {
 pub struct Options {
     /// How long listings (and so attributes) are trusted.
     pub ttl: Duration,
-    /// Bound on cached (server, directory) listings.
+    /// Bound on directory entries held by the per-server listing cache.
     pub cache_entries: usize,
     /// Upper bound for waiting on a listing another request is fetching.
     pub max_wait: Duration,
@@ -67,16 +67,46 @@ pub struct Options {
     pub prefetch: bool,
 }
 
+/// At most this many servers: a node's sources are a bit set in one u64.
+pub const MAX_SERVERS: usize = 64;
+
+/// The servers holding a node, as a bit set (bit i = server i). Iterating yields ascending
+/// server indexes, which is priority order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Sources(u64);
+
+impl Sources {
+    fn from_list(list: &[usize]) -> Self {
+        Sources(
+            list.iter()
+                .filter(|&&s| s < MAX_SERVERS)
+                .fold(0, |acc, &s| acc | 1 << s),
+        )
+    }
+
+    fn all(n: usize) -> Self {
+        Sources::from_list(&(0..n.min(MAX_SERVERS)).collect::<Vec<_>>())
+    }
+
+    fn iter(self) -> impl Iterator<Item = usize> {
+        (0..MAX_SERVERS).filter(move |&s| self.0 & (1 << s) != 0)
+    }
+
+    fn first(self) -> Option<usize> {
+        (self.0 != 0).then(|| self.0.trailing_zeros() as usize)
+    }
+}
+
 enum NodeKind {
-    Dir(DirData),
+    Dir(Box<DirData>),
     File,
     Symlink(Box<[u8]>),
 }
 
 #[derive(Default)]
 struct DirData {
-    children: HashMap<Box<[u8]>, u64>,
-    /// The children's inodes sorted by name: the order readdir (and so `find`/`grep -r`) uses.
+    /// The children's inodes sorted by name: the order readdir (and so `find`/`grep -r`) uses,
+    /// and the index for lookups (binary search on the names).
     order: Box<[u64]>,
     /// When the merged listing must be refreshed; `None` until it was first listed.
     expires: Option<Instant>,
@@ -90,15 +120,44 @@ struct Node {
     kind: NodeKind,
     size: u64,
     mtime: SystemTime,
-    /// Servers holding it, in priority order (see `merge::Merged::sources`).
-    sources: Box<[u16]>,
+    /// Servers holding it (see `merge::Merged::sources`).
+    sources: Sources,
     /// Position in the parent's `order`.
     idx: u32,
 }
 
+/// The inode table: inode `i` is `list[i - 1]`. Inodes are never reused, so a node that left
+/// its directory stays here (the kernel may still refer to it) until unmount.
 struct Nodes {
-    map: HashMap<u64, Node>,
-    next_ino: u64,
+    list: Vec<Node>,
+}
+
+impl Nodes {
+    fn get(&self, ino: u64) -> Option<&Node> {
+        self.list.get((ino as usize).checked_sub(1)?)
+    }
+
+    fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.list.get_mut((ino as usize).checked_sub(1)?)
+    }
+
+    fn push(&mut self, node: Node) -> u64 {
+        self.list.push(node);
+        self.list.len() as u64
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The child of `dir` called `name`, by binary search of its name-sorted order.
+    fn child(&self, dir: &DirData, name: &[u8]) -> Option<u64> {
+        let i = dir
+            .order
+            .binary_search_by(|&c| self.get(c).map_or(&[][..], |n| &n.name[..]).cmp(name))
+            .ok()?;
+        dir.order.get(i).copied()
+    }
 }
 
 pub struct Circle {
@@ -121,28 +180,22 @@ fn lock_err() -> Error {
 impl Circle {
     pub fn new(backend: Arc<dyn Backend>, opts: Options) -> Self {
         let now = SystemTime::now();
-        let all: Vec<u16> = (0..backend.servers() as u16).collect();
-        let mut map = HashMap::new();
-        map.insert(
-            ROOT,
-            Node {
-                parent: ROOT,
-                name: Box::from(&b""[..]),
-                kind: NodeKind::Dir(DirData::default()),
-                size: 0,
-                mtime: now,
-                sources: all.into(),
-                idx: 0,
-            },
-        );
+        let mut nodes = Nodes { list: Vec::new() };
+        let root = nodes.push(Node {
+            parent: ROOT,
+            name: Box::from(&b""[..]),
+            kind: NodeKind::Dir(Box::default()),
+            size: 0,
+            mtime: now,
+            sources: Sources::all(backend.servers()),
+            idx: 0,
+        });
+        debug_assert_eq!(root, ROOT);
         Circle {
             cache: ListingCache::new(opts.ttl, opts.cache_entries, opts.max_wait),
             backend,
             opts,
-            nodes: RwLock::new(Nodes {
-                map,
-                next_ino: ROOT + 1,
-            }),
+            nodes: RwLock::new(nodes),
             files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mounted_at: now,
@@ -221,15 +274,15 @@ impl Circle {
         };
         let mut jobs = Vec::new();
         let small = |c: &u64| {
-            nodes.map.get(c).is_some_and(|n| {
+            nodes.get(*c).is_some_and(|n| {
                 matches!(n.kind, NodeKind::File) && n.size <= prefetch::SMALL_FILE_MAX
             })
         };
-        let dir_order = |d: u64| match nodes.map.get(&d).map(|n| &n.kind) {
+        let dir_order = |d: u64| match nodes.get(d).map(|n| &n.kind) {
             Some(NodeKind::Dir(dd)) if dd.expires.is_some() => Some(&dd.order),
             _ => None,
         };
-        let Some(node) = nodes.map.get(&ino) else {
+        let Some(node) = nodes.get(ino) else {
             return;
         };
         let parent = node.parent;
@@ -239,7 +292,7 @@ impl Circle {
         }
         if jobs.len() < prefetch::FILES_AHEAD
             && parent != ROOT
-            && let Some(p) = nodes.map.get(&parent)
+            && let Some(p) = nodes.get(parent)
             && let Some(siblings) = dir_order(p.parent)
         {
             // Two next sibling directories cover the next few leaf directories of a tree.
@@ -258,13 +311,13 @@ impl Circle {
 
     fn file_info(&self, ino: u64) -> Result<(Vec<u8>, u64, Vec<usize>)> {
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
-        let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+        let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         match node.kind {
             NodeKind::File => {}
             NodeKind::Dir(_) => return Err(Error::new(Kind::Invalid, "is a directory")),
             NodeKind::Symlink(_) => return Err(Error::new(Kind::Invalid, "is a symlink")),
         }
-        let sources = node.sources.iter().map(|&s| s as usize).collect();
+        let sources = node.sources.iter().collect();
         Ok((Self::path_of(&nodes, ino), node.size, sources))
     }
 
@@ -284,8 +337,8 @@ impl Circle {
     /// Fetch the root listing of every server (in parallel, through the cache) and return the
     /// errors of those that failed, so startup can name them.
     pub fn check_servers(&self) -> Vec<Error> {
-        let all: Vec<u16> = (0..self.backend.servers() as u16).collect();
-        self.fetch_all(&all, b"", Priority::Foreground)
+        let all = Sources::all(self.backend.servers());
+        self.fetch_all(all, b"", Priority::Foreground)
             .into_iter()
             .filter_map(|(_, f)| f.result.as_ref().err().cloned())
             .collect()
@@ -293,18 +346,18 @@ impl Circle {
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
-        let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+        let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         Ok(self.attr_of(ino, node))
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         self.refresh(parent, Priority::Foreground, prefetch::DIR_DEPTH)?;
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
-        let ino = match &nodes.map.get(&parent).ok_or_else(Error::not_found)?.kind {
-            NodeKind::Dir(d) => *d.children.get(name).ok_or_else(Error::not_found)?,
+        let ino = match &nodes.get(parent).ok_or_else(Error::not_found)?.kind {
+            NodeKind::Dir(d) => nodes.child(d, name).ok_or_else(Error::not_found)?,
             _ => return Err(Error::new(Kind::NotFound, "not a directory")),
         };
-        let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+        let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         Ok(self.attr_of(ino, node))
     }
 
@@ -312,35 +365,32 @@ impl Circle {
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
         self.refresh(ino, Priority::Foreground, prefetch::DIR_DEPTH)?;
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
-        let NodeKind::Dir(d) = &nodes.map.get(&ino).ok_or_else(Error::not_found)?.kind else {
+        let NodeKind::Dir(d) = &nodes.get(ino).ok_or_else(Error::not_found)?.kind else {
             return Err(Error::new(Kind::Invalid, "not a directory"));
         };
-        let mut out: Vec<DirEntry> = d
-            .children
+        Ok(d.order
             .iter()
-            .filter_map(|(name, &child)| {
-                let node = nodes.map.get(&child)?;
+            .filter_map(|&child| {
+                let node = nodes.get(child)?;
                 Some(DirEntry {
-                    name: name.to_vec(),
+                    name: node.name.to_vec(),
                     attr: self.attr_of(child, node),
                 })
             })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+            .collect())
     }
 
     pub fn parent_of(&self, ino: u64) -> u64 {
         self.nodes
             .read()
             .ok()
-            .and_then(|n| n.map.get(&ino).map(|node| node.parent))
+            .and_then(|n| n.get(ino).map(|node| node.parent))
             .unwrap_or(ROOT)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
-        match &nodes.map.get(&ino).ok_or_else(Error::not_found)?.kind {
+        match &nodes.get(ino).ok_or_else(Error::not_found)?.kind {
             NodeKind::Symlink(t) => Ok(t.to_vec()),
             _ => Err(Error::new(Kind::Invalid, "not a symlink")),
         }
@@ -401,21 +451,21 @@ impl Circle {
         let Ok(mut nodes) = self.nodes.write() else {
             return;
         };
-        let parent = nodes.map.get(&ino).map_or(ROOT, |n| n.parent);
-        let servers: Vec<u16> = match nodes.map.get_mut(&parent) {
+        let parent = nodes.get(ino).map_or(ROOT, |n| n.parent);
+        let servers = match nodes.get_mut(parent) {
             Some(Node {
                 kind: NodeKind::Dir(d),
                 sources,
                 ..
             }) => {
                 d.expires = None;
-                sources.to_vec()
+                *sources
             }
             _ => return,
         };
         drop(nodes);
-        for s in servers {
-            self.cache.invalidate(s as usize, dir_path);
+        for s in servers.iter() {
+            self.cache.invalidate(s, dir_path);
         }
     }
 
@@ -428,7 +478,7 @@ impl Circle {
 
     /// Number of known inodes (for statfs).
     pub fn inode_count(&self) -> u64 {
-        self.nodes.read().map(|n| n.map.len() as u64).unwrap_or(0)
+        self.nodes.read().map(|n| n.len() as u64).unwrap_or(0)
     }
 
     fn attr_of(&self, ino: u64, node: &Node) -> Attr {
@@ -455,7 +505,7 @@ impl Circle {
             if ino == ROOT {
                 break;
             }
-            let Some(node) = nodes.map.get(&ino) else {
+            let Some(node) = nodes.get(ino) else {
                 break;
             };
             parts.push(&node.name);
@@ -481,7 +531,7 @@ impl Circle {
         let Ok(mut nodes) = self.nodes.write() else {
             return;
         };
-        let order = match nodes.map.get_mut(&ino).map(|n| &mut n.kind) {
+        let order = match nodes.get_mut(ino).map(|n| &mut n.kind) {
             Some(NodeKind::Dir(d)) if d.prefetched_depth < depth => {
                 d.prefetched_depth = depth;
                 d.order.clone()
@@ -491,7 +541,7 @@ impl Circle {
         let now = Instant::now();
         let jobs: Vec<Job> = order
             .iter()
-            .filter(|c| match nodes.map.get(c).map(|n| &n.kind) {
+            .filter(|&&c| match nodes.get(c).map(|n| &n.kind) {
                 Some(NodeKind::Dir(d)) => {
                     d.expires.is_none_or(|e| now >= e) || d.prefetched_depth < depth - 1
                 }
@@ -510,16 +560,16 @@ impl Circle {
     fn refresh_dir(&self, ino: u64, prio: Priority) -> Result<()> {
         let (path, servers) = {
             let nodes = self.nodes.read().map_err(|_| lock_err())?;
-            let node = nodes.map.get(&ino).ok_or_else(Error::not_found)?;
+            let node = nodes.get(ino).ok_or_else(Error::not_found)?;
             let NodeKind::Dir(d) = &node.kind else {
                 return Err(Error::new(Kind::NotFound, "not a directory"));
             };
             if d.expires.is_some_and(|e| Instant::now() < e) {
                 return Ok(());
             }
-            (Self::path_of(&nodes, ino), node.sources.to_vec())
+            (Self::path_of(&nodes, ino), node.sources)
         };
-        let fetched = self.fetch_all(&servers, &path, prio);
+        let fetched = self.fetch_all(servers, &path, prio);
         let mut ok = Vec::new();
         let mut first_err = None;
         for (server, f) in &fetched {
@@ -553,26 +603,25 @@ impl Circle {
     /// the network. Results are in the order of `servers` (priority order).
     fn fetch_all(
         &self,
-        servers: &[u16],
+        servers: Sources,
         path: &[u8],
         prio: Priority,
     ) -> Vec<(usize, Arc<cache::Fetched>)> {
         let backend = self.backend.as_ref();
         let missing = servers
             .iter()
-            .filter(|&&s| self.cache.fresh(&(s as usize, path.into())).is_none())
+            .filter(|&s| self.cache.fresh(&(s, path.into())).is_none())
             .count();
         if missing <= 1 {
             return servers
                 .iter()
-                .map(|&s| (s as usize, self.cache.get(backend, s as usize, path, prio)))
+                .map(|s| (s, self.cache.get(backend, s, path, prio)))
                 .collect();
         }
         std::thread::scope(|scope| {
             let handles: Vec<_> = servers
                 .iter()
-                .map(|&s| {
-                    let s = s as usize;
+                .map(|s| {
                     (
                         s,
                         scope.spawn(move || self.cache.get(backend, s, path, prio)),
@@ -622,68 +671,60 @@ impl Circle {
     /// Replace the children of `dir` with `merged`, keeping inode numbers of names that stay.
     fn apply(&self, dir: u64, path: &[u8], merged: Vec<Merged>, expires: Instant) -> Result<()> {
         let mut nodes = self.nodes.write().map_err(|_| lock_err())?;
-        let old = match nodes.map.get_mut(&dir).map(|n| &mut n.kind) {
-            Some(NodeKind::Dir(d)) => std::mem::take(&mut d.children),
+        let old_order = match nodes.get_mut(dir).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(d)) => std::mem::take(&mut d.order),
             _ => return Err(Error::not_found()),
         };
-        let mut children = HashMap::with_capacity(merged.len());
+        // Names that stay keep their inode (if their kind is unchanged).
+        let names: Vec<(Box<[u8]>, u64)> = old_order
+            .iter()
+            .filter_map(|&c| nodes.get(c).map(|n| (n.name.clone(), c)))
+            .collect();
+        let old: HashMap<&[u8], u64> = names.iter().map(|(n, c)| (&n[..], *c)).collect();
         let mut order = Vec::with_capacity(merged.len());
         // `merged` is sorted by name, so `order` is too.
         for (idx, m) in merged.into_iter().enumerate() {
             let idx = idx as u32;
-            let sources: Box<[u16]> = m.sources.iter().map(|&s| s as u16).collect();
+            let sources = Sources::from_list(&m.sources);
             let mtime = m.mtime.unwrap_or(self.mounted_at);
             let kind = match m.kind {
-                MergedKind::Dir => NodeKind::Dir(DirData::default()),
+                MergedKind::Dir => NodeKind::Dir(Box::default()),
                 MergedKind::File => NodeKind::File,
                 MergedKind::Symlink(t) => {
-                    let base = self.backend.base(m.sources[0]);
+                    let base = self.backend.base(sources.first().unwrap_or(0));
                     NodeKind::Symlink(merge::rewrite_target(base, path, &t).into())
                 }
             };
-            let name: Box<[u8]> = m.name.into();
-            let existing = old.get(&name).copied().filter(|ino| {
-                nodes.map.get(ino).is_some_and(|n| {
+            let existing = old.get(m.name.as_slice()).copied().filter(|&ino| {
+                nodes.get(ino).is_some_and(|n| {
                     std::mem::discriminant(&n.kind) == std::mem::discriminant(&kind)
                 })
             });
-            let ino = match existing {
-                Some(ino) => {
-                    if let Some(n) = nodes.map.get_mut(&ino) {
-                        n.size = m.size;
-                        n.mtime = mtime;
-                        n.sources = sources;
-                        n.idx = idx;
-                        // A directory keeps its own children and expiry.
-                        if !matches!(n.kind, NodeKind::Dir(_)) {
-                            n.kind = kind;
-                        }
+            let ino = match existing.and_then(|ino| nodes.get_mut(ino).map(|n| (ino, n))) {
+                Some((ino, n)) => {
+                    n.size = m.size;
+                    n.mtime = mtime;
+                    n.sources = sources;
+                    n.idx = idx;
+                    // A directory keeps its own children and expiry.
+                    if !matches!(n.kind, NodeKind::Dir(_)) {
+                        n.kind = kind;
                     }
                     ino
                 }
-                None => {
-                    let ino = nodes.next_ino;
-                    nodes.next_ino += 1;
-                    nodes.map.insert(
-                        ino,
-                        Node {
-                            parent: dir,
-                            name: name.clone(),
-                            kind,
-                            size: m.size,
-                            mtime,
-                            sources,
-                            idx,
-                        },
-                    );
-                    ino
-                }
+                None => nodes.push(Node {
+                    parent: dir,
+                    name: m.name.into(),
+                    kind,
+                    size: m.size,
+                    mtime,
+                    sources,
+                    idx,
+                }),
             };
-            children.insert(name, ino);
             order.push(ino);
         }
-        if let Some(NodeKind::Dir(d)) = nodes.map.get_mut(&dir).map(|n| &mut n.kind) {
-            d.children = children;
+        if let Some(NodeKind::Dir(d)) = nodes.get_mut(dir).map(|n| &mut n.kind) {
             d.order = order.into();
             d.expires = Some(expires);
             d.prefetched_depth = 0;

@@ -249,10 +249,14 @@ impl Conn {
         t.finish().map_err(|e| ftp_err(label, "end of transfer", e))
     }
 
-    /// Stop a transfer in the middle (ABOR).
+    /// Stop a transfer in the middle (ABOR), then check the connection is in step again.
+    /// A server that had already finished answers ABOR with an extra reply (vsftpd: "225 No
+    /// transfer to ABOR") after the 226 suppaftp takes as the answer; the NOOP then reads that
+    /// stray reply instead of its 200 and fails, so the caller drops the connection.
     pub fn abort(&mut self, label: &str, t: Transfer) -> Result<()> {
         self.last_used = Instant::now();
-        self.ftp.abort(t).map_err(|e| ftp_err(label, "ABOR", e))
+        self.ftp.abort(t).map_err(|e| ftp_err(label, "ABOR", e))?;
+        self.noop(label)
     }
 
     pub fn noop(&mut self, label: &str) -> Result<()> {

@@ -416,11 +416,6 @@ impl FtpBackend {
         FtpBackend { servers }
     }
 
-    /// Is server `s` marked down?
-    pub fn is_down(&self, s: usize) -> bool {
-        self.servers.get(s).is_some_and(|srv| srv.is_down())
-    }
-
     fn server(&self, s: usize) -> Result<&Arc<Server>> {
         self.servers
             .get(s)
@@ -435,6 +430,10 @@ impl Backend for FtpBackend {
 
     fn label(&self, s: usize) -> &str {
         self.servers.get(s).map_or("?", |srv| srv.label())
+    }
+
+    fn is_down(&self, s: usize) -> bool {
+        self.servers.get(s).is_some_and(|srv| srv.is_down())
     }
 
     fn base(&self, s: usize) -> &[u8] {
