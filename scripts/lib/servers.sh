@@ -33,9 +33,14 @@ ftpc_missing_packages() {
 }
 
 # Installs whatever is missing (apt-get update only if something is).
+# Extra arguments: more "command:package" pairs a caller needs (e.g.
+# lftp:lftp), installed when the command is not on PATH.
 ftpc_ensure_packages() {
-    local pkgs
+    local pkgs extra
     mapfile -t pkgs < <(ftpc_missing_packages | sed '/^$/d')
+    for extra in "$@"; do
+        command -v "${extra%%:*}" >/dev/null 2>&1 || pkgs+=("${extra#*:}")
+    done
     if [ "${#pkgs[@]}" -eq 0 ]; then
         ftpc_log "system packages: all present"
     else
