@@ -155,7 +155,7 @@ impl Filesystem for CircleFs {
         reply: ReplyData,
     ) {
         match self.circle.read(fh.0, offset, size as usize) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.as_slice()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -292,16 +292,14 @@ impl Filesystem for CircleFs {
         }
     }
 
+    // FTP has no extended attributes. ENOSYS (not ENODATA) makes the kernel remember that and
+    // stop asking: `ls -l` otherwise costs two getxattr round trips per file.
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     // ---- every write-side operation: read-only filesystem ----

@@ -28,7 +28,7 @@ use crate::error::{Error, Kind, Result};
 use cache::ListingCache;
 use merge::{Merged, MergedKind};
 use prefetch::{FileCache, Job, Queue};
-use reader::OpenFile;
+use reader::{Data, OpenFile};
 
 pub const ROOT: u64 = 1;
 
@@ -124,6 +124,9 @@ struct Node {
     sources: Sources,
     /// Position in the parent's `order`.
     idx: u32,
+    /// Opened since it was last listed with another size or mtime: the kernel keeps its pages
+    /// (FOPEN_KEEP_CACHE), so prefetching it again would be wasted.
+    opened: bool,
 }
 
 /// The inode table: inode `i` is `list[i - 1]`. Inodes are never reused, so a node that left
@@ -189,6 +192,7 @@ impl Circle {
             mtime: now,
             sources: Sources::all(backend.servers()),
             idx: 0,
+            opened: false,
         });
         debug_assert_eq!(root, ROOT);
         Circle {
@@ -250,6 +254,14 @@ impl Circle {
         let Ok((path, size, sources)) = self.file_info(ino) else {
             return;
         };
+        // Opened by the user meanwhile: it is being read, or the kernel has it cached.
+        if self
+            .nodes
+            .read()
+            .is_ok_and(|n| n.get(ino).is_some_and(|n| n.opened))
+        {
+            return;
+        }
         if size > prefetch::SMALL_FILE_MAX || !self.prefetched.begin(ino) {
             return;
         }
@@ -275,7 +287,7 @@ impl Circle {
         let mut jobs = Vec::new();
         let small = |c: &u64| {
             nodes.get(*c).is_some_and(|n| {
-                matches!(n.kind, NodeKind::File) && n.size <= prefetch::SMALL_FILE_MAX
+                matches!(n.kind, NodeKind::File) && n.size <= prefetch::SMALL_FILE_MAX && !n.opened
             })
         };
         let dir_order = |d: u64| match nodes.get(d).map(|n| &n.kind) {
@@ -400,6 +412,11 @@ impl Circle {
     /// very file that is on its way). Returns the file handle.
     pub fn open(&self, ino: u64) -> Result<u64> {
         let (path, size, sources) = self.file_info(ino)?;
+        if let Ok(mut nodes) = self.nodes.write()
+            && let Some(n) = nodes.get_mut(ino)
+        {
+            n.opened = true;
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile::new(
             Arc::clone(&self.backend),
@@ -424,7 +441,7 @@ impl Circle {
         Ok(fh)
     }
 
-    pub fn read(&self, fh: u64, off: u64, len: usize) -> Result<Vec<u8>> {
+    pub fn read(&self, fh: u64, off: u64, len: usize) -> Result<Data> {
         let file = self
             .files
             .lock()
@@ -702,6 +719,9 @@ impl Circle {
             });
             let ino = match existing.and_then(|ino| nodes.get_mut(ino).map(|n| (ino, n))) {
                 Some((ino, n)) => {
+                    if n.size != m.size || n.mtime != mtime {
+                        n.opened = false;
+                    }
                     n.size = m.size;
                     n.mtime = mtime;
                     n.sources = sources;
@@ -720,6 +740,7 @@ impl Circle {
                     mtime,
                     sources,
                     idx,
+                    opened: false,
                 }),
             };
             order.push(ino);

@@ -51,21 +51,65 @@ struct Active {
     no_rest: bool,
 }
 
+/// Bytes for a read reply: a slice of a buffered chunk (no copy) or assembled bytes.
+pub enum Data {
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Shared(chunk, range) => chunk.get(range.clone()).unwrap_or(&[]),
+            Data::Owned(v) => v,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Chunks {
-    list: VecDeque<(u64, Vec<u8>)>,
+    list: VecDeque<(u64, Arc<Vec<u8>>)>,
     bytes: usize,
+    /// Buffers of evicted chunks, reused so a new chunk needs no fresh zeroed allocation.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Chunks {
     fn push(&mut self, off: u64, data: Vec<u8>) {
         self.bytes += data.len();
-        self.list.push_back((off, data));
+        self.list.push_back((off, Arc::new(data)));
         while self.bytes > KEEP_BYTES {
             match self.list.pop_front() {
-                Some((_, d)) => self.bytes -= d.len(),
+                Some((_, d)) => {
+                    self.bytes -= d.len();
+                    // Two spare buffers are enough to keep one pull and one reply going.
+                    if self.spare.len() < 2
+                        && let Ok(v) = Arc::try_unwrap(d)
+                    {
+                        self.spare.push(v);
+                    }
+                }
                 None => break,
             }
+        }
+    }
+
+    /// The whole of `[off, off + len)` if one chunk holds it.
+    fn slice(&self, off: u64, len: usize) -> Option<Data> {
+        self.list.iter().rev().find_map(|(start, data)| {
+            let from = off.checked_sub(*start)? as usize;
+            (from + len <= data.len()).then(|| Data::Shared(Arc::clone(data), from..from + len))
+        })
+    }
+
+    /// A buffer of exactly `len` bytes: a recycled one when possible.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(mut v) => {
+                v.resize(len, 0);
+                v
+            }
+            None => vec![0u8; len],
         }
     }
 
@@ -155,10 +199,10 @@ impl OpenFile {
     }
 
     /// Read up to `len` bytes at `off`.
-    pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+    pub fn read(&self, off: u64, len: usize) -> Result<Data> {
         let sh = &self.shared;
         if off >= sh.size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(Data::Owned(Vec::new()));
         }
         let end = sh.size.min(off.saturating_add(len as u64));
         let want = (end - off) as usize;
@@ -179,6 +223,13 @@ impl OpenFile {
         // Every turn copies buffered bytes, pulls a chunk, opens a stream (a failure marks a
         // server failed, and `open_at` fails once all have) or waits with the deadline.
         while out.len() < want {
+            if out.is_empty()
+                && let Some(data) = st.chunks.slice(off, want)
+            {
+                drop(st);
+                sh.cv.notify_all();
+                return Ok(data);
+            }
             let cur = off + out.len() as u64;
             if st.chunks.copy(cur, want - out.len(), &mut out) > 0 {
                 continue;
@@ -205,7 +256,7 @@ impl OpenFile {
         }
         // Data was consumed: the pump may read further ahead now.
         sh.cv.notify_all();
-        Ok(out)
+        Ok(Data::Owned(out))
     }
 
     /// Stop any transfer in progress and the pump (on release).
@@ -245,9 +296,11 @@ impl Shared {
             return st;
         };
         st.busy = true;
+        let want = CHUNK.min((self.size - active.pos) as usize);
+        let buf = st.chunks.buffer(want);
         drop(st);
         let start = active.pos;
-        let res = read_chunk(&mut active, self.size);
+        let res = read_chunk(&mut active, self.size, buf);
         let mut st = self.lock();
         st.busy = false;
         match res {
@@ -417,10 +470,9 @@ fn finish(mut active: Active, sh: &Shared) {
     }
 }
 
-/// Read the next chunk (up to CHUNK bytes, never past `size`) from the stream.
-fn read_chunk(active: &mut Active, size: u64) -> Result<Vec<u8>> {
-    let want = CHUNK.min((size - active.pos) as usize);
-    let mut buf = vec![0u8; want];
+/// Fill `buf` (CHUNK bytes or what is left of the file) with the next bytes of the stream.
+fn read_chunk(active: &mut Active, size: u64, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+    let want = buf.len();
     let mut got = 0;
     while got < want {
         let n = active.stream.read(&mut buf[got..])?;
