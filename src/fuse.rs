@@ -105,6 +105,8 @@ impl Filesystem for CircleFs {
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        // Drop cached pages of a file whose size or mtime changed at the next getattr.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         let _ = config.set_max_readahead(MAX_READAHEAD);
         Ok(())
     }
@@ -136,9 +138,10 @@ impl Filesystem for CircleFs {
             return;
         }
         match self.circle.open(ino.0) {
-            // The file is read-only and its listing is unchanged, so what the kernel cached from
-            // an earlier open is still right: keep it (reading the same file again is free).
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // Opened before with the same size and mtime: what the kernel cached from that open
+            // is still right, so keep it (reading the same file again is free).
+            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -481,6 +484,9 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
             }
             o => cfg.mount_options.push(MountOption::CUSTOM(o.into())),
         }
+    }
+    if cfg.mount_options.contains(&MountOption::AutoUnmount) && cfg.acl == SessionACL::Owner {
+        return Err("-o auto_unmount needs -o allow_other or -o allow_root as well".into());
     }
     // fuser adds `allow_other` itself for any ACL but the default.
     cfg.n_threads = Some(FUSE_THREADS);

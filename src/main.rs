@@ -30,7 +30,7 @@ use ftpcircle_fs::{ftp, fuse, logging};
 struct Args {
     /// Where to mount (an existing directory)
     mountpoint: PathBuf,
-    /// serverlist.txt to use [default: ./serverlist.txt, then $XDG_CONFIG_HOME/ftpcircle/serverlist.txt]
+    /// serverlist.txt to use [default: ./serverlist.txt, then $XDG_CONFIG_HOME (or ~/.config)/ftpcircle/serverlist.txt]
     #[arg(long, value_name = "FILE")]
     servers: Option<PathBuf>,
     /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
@@ -51,7 +51,7 @@ struct Args {
     /// Don't fetch directory listings and small files ahead of the walker
     #[arg(long)]
     no_prefetch: bool,
-    /// Stay in the foreground; unmount cleanly on Ctrl-C / SIGTERM
+    /// Stay in the foreground (either way, SIGINT, SIGTERM and SIGHUP unmount cleanly)
     #[arg(short, long)]
     foreground: bool,
     /// FUSE mount options, comma separated (allow_other, allow_root, auto_unmount, ...)

@@ -7,8 +7,9 @@
 //! [`merge`] for the rules), attributes, and open files.
 //!
 //! Invariants:
-//! - inode numbers are allocated on first discovery and never reused: a path keeps its inode
-//!   for the life of the mount unless its kind changes (then it gets a new one);
+//! - inode numbers are allocated on first discovery and never reused: a name keeps its inode
+//!   for the life of the mount while it stays listed with the same kind (a name that changes
+//!   kind, or disappears from its directory and comes back later, gets a new one);
 //! - a lookup of a name that does not exist is answered from the parent's merged listing,
 //!   without a network round trip while the listing is fresh;
 //! - `open` does no network work: the size and the servers holding the file are known.
@@ -409,12 +410,15 @@ impl Circle {
     }
 
     /// Open a file for reading; no network round trip (at most a wait for a prefetch of this
-    /// very file that is on its way). Returns the file handle.
-    pub fn open(&self, ino: u64) -> Result<u64> {
+    /// very file that is on its way). Returns the file handle, and whether the file was opened
+    /// before with the same size and mtime (so pages the kernel cached then are still right).
+    pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
         let (path, size, sources) = self.file_info(ino)?;
+        let mut keep_cache = false;
         if let Ok(mut nodes) = self.nodes.write()
             && let Some(n) = nodes.get_mut(ino)
         {
+            keep_cache = n.opened;
             n.opened = true;
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -438,7 +442,7 @@ impl Circle {
             .lock()
             .map_err(|_| lock_err())?
             .insert(fh, Arc::new(file));
-        Ok(fh)
+        Ok((fh, keep_cache))
     }
 
     pub fn read(&self, fh: u64, off: u64, len: usize) -> Result<Data> {
@@ -779,3 +783,6 @@ fn fetch_whole(backend: &dyn Backend, server: usize, path: &[u8], size: u64) -> 
     stream.finish()?;
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests;

@@ -300,13 +300,16 @@ impl Shared {
         let buf = st.chunks.buffer(want);
         drop(st);
         let start = active.pos;
-        let res = read_chunk(&mut active, self.size, buf);
+        let (data, res) = read_chunk(&mut active, self.size, buf);
         let mut st = self.lock();
         st.busy = false;
+        st.pos = active.pos;
+        if !data.is_empty() {
+            // Keep what arrived even if the transfer broke: the next copy resumes right here.
+            st.chunks.push(start, data);
+        }
         match res {
-            Ok(data) => {
-                st.pos = active.pos;
-                st.chunks.push(start, data);
+            Ok(()) => {
                 if active.pos >= self.size {
                     drop(st);
                     finish(active, self);
@@ -320,7 +323,11 @@ impl Shared {
                 }
             }
             Err(e) => {
-                log::warn!("{}: {e}; trying another copy", self.display());
+                log::warn!(
+                    "{}: {e} at byte {}; trying another copy",
+                    self.display(),
+                    active.pos
+                );
                 st.failed.push(active.server);
                 drop(st);
                 active.stream.abort();
@@ -471,22 +478,32 @@ fn finish(mut active: Active, sh: &Shared) {
 }
 
 /// Fill `buf` (CHUNK bytes or what is left of the file) with the next bytes of the stream.
-fn read_chunk(active: &mut Active, size: u64, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+/// Returns the bytes that arrived (all of `buf`, or fewer if the transfer broke) and how the
+/// transfer fared; `active.pos` advances by the bytes returned.
+fn read_chunk(active: &mut Active, size: u64, mut buf: Vec<u8>) -> (Vec<u8>, Result<()>) {
     let want = buf.len();
     let mut got = 0;
+    let mut res = Ok(());
     while got < want {
-        let n = active.stream.read(&mut buf[got..])?;
-        if n == 0 {
-            return Err(Error::new(
-                Kind::Stale,
-                format!(
-                    "transfer ended at byte {} of {size} listed",
-                    active.pos + got as u64
-                ),
-            ));
+        match active.stream.read(&mut buf[got..]) {
+            Ok(0) => {
+                res = Err(Error::new(
+                    Kind::Stale,
+                    format!(
+                        "transfer ended at byte {} of {size} listed",
+                        active.pos + got as u64
+                    ),
+                ));
+                break;
+            }
+            Ok(n) => got += n,
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
         }
-        got += n;
     }
+    buf.truncate(got);
     active.pos += got as u64;
-    Ok(buf)
+    (buf, res)
 }
