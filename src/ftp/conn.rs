@@ -95,6 +95,83 @@ impl TlsConnector for TimedTls {
     }
 }
 
+/// Start connecting a data socket and return it at once, still connecting.
+///
+/// suppaftp sends the transfer command (LIST, RETR) only after the passive stream builder
+/// returns. A blocking connect would cost one round trip before that command goes out; here
+/// the TCP handshake and the command travel at the same time, saving a round trip on every
+/// listing and file. The socket is back in blocking mode before it is returned: Linux makes a
+/// read or write on a socket that is still connecting wait until it is connected (or fails
+/// with the connect error), and the read/write timeouts set by the caller bound that wait.
+fn connect_early(addr: SocketAddr) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2) call; the fd is owned by the TcpStream below (closed on drop)
+    // or closed here on every error path.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid socket that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: storage holds a valid sockaddr_in/sockaddr_in6 of `len` bytes for `fd`'s family.
+    let rc = unsafe { libc::connect(fd, (&raw const storage).cast(), len) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data, valid when zeroed.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
 fn set_timeouts(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -159,8 +236,7 @@ impl Conn {
         };
         let timeout = t;
         ftp = ftp.passive_stream_builder(move |addr: SocketAddr| {
-            let s =
-                TcpStream::connect_timeout(&addr, timeout).map_err(FtpError::ConnectionError)?;
+            let s = connect_early(addr).map_err(FtpError::ConnectionError)?;
             set_timeouts(&s, timeout).map_err(FtpError::ConnectionError)?;
             Ok(s)
         });
@@ -398,6 +474,35 @@ mod tests {
             Kind::Invalid
         );
         assert!(check_arg("s", b"/pub/ok name").is_ok());
+    }
+
+    #[test]
+    fn early_connect_reaches_a_listener_and_reports_refusal() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut s = connect_early(addr).unwrap();
+        set_timeouts(&s, Duration::from_secs(5)).unwrap();
+        // Writing while the handshake may still be going on waits for it.
+        s.write_all(b"ping").unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4];
+        peer.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        peer.write_all(b"pong").unwrap();
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pong");
+        drop(listener);
+        // Nothing listens there any more: the first read reports the refusal.
+        let mut s = connect_early(addr).unwrap();
+        set_timeouts(&s, Duration::from_secs(5)).unwrap();
+        assert!(s.read(&mut buf).is_err());
+        let v6 = std::net::TcpListener::bind("[::1]:0");
+        if let Ok(l6) = v6 {
+            let mut s = connect_early(l6.local_addr().unwrap()).unwrap();
+            s.write_all(b"x").unwrap();
+            assert!(l6.accept().is_ok());
+        }
     }
 
     #[test]
