@@ -31,6 +31,9 @@ pub enum Kind {
     NoRest,
     /// The file on the server no longer matches its listing (size changed) (EIO).
     Stale,
+    /// A reply on the control connection was too large to read (a STAT listing of a huge
+    /// directory); the connection is out of step and the listing is retried another way.
+    TooLarge,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +65,8 @@ impl Error {
             | Kind::Protocol
             | Kind::Unavailable
             | Kind::NoRest
-            | Kind::Stale => libc::EIO,
+            | Kind::Stale
+            | Kind::TooLarge => libc::EIO,
             Kind::Auth => libc::EACCES,
             Kind::Busy => libc::EAGAIN,
             Kind::Invalid => libc::EINVAL,

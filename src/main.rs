@@ -211,21 +211,12 @@ fn run(
     let servers: Vec<Arc<Server>> = specs
         .into_iter()
         .map(|spec| {
-            let label = spec.label();
             let tls = if spec.tls == Tls::Plain {
                 None
             } else {
                 tls.clone()
             };
-            Server::new(
-                Endpoint {
-                    spec,
-                    label,
-                    tls,
-                    timeout,
-                },
-                args.max_connections,
-            )
+            Server::new(Endpoint::new(spec, tls, timeout), args.max_connections)
         })
         .collect();
     let backend: Arc<dyn Backend> = Arc::new(FtpBackend::new(servers));
@@ -242,6 +233,7 @@ fn run(
     // Enough workers to use every spare connection (all but one per server), within reason.
     let workers = (args.max_connections.saturating_sub(1).max(1) * backend.servers()).min(16);
     circle.start_prefetch(workers);
+    circle.start_reaper();
     // List the root on every server before mounting: warms the pool and the cache, and tells
     // the user right away which servers cannot be used (the mount comes up without them).
     for e in circle.check_servers() {

@@ -33,6 +33,11 @@ use reader::{Data, OpenFile};
 
 pub const ROOT: u64 = 1;
 
+/// An open file whose transfer nobody read for this long gives its connection back: long
+/// enough for any program reading steadily (even `less` paging), short enough that a few idle
+/// open files don't keep a server's 4 connections from listings and other reads.
+const IDLE_TRANSFER: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
     Dir,
@@ -207,6 +212,33 @@ impl Circle {
             conflicts_logged: Mutex::new(HashSet::new()),
             queue: Arc::new(Queue::default()),
             prefetched: FileCache::default(),
+        }
+    }
+
+    /// Start the thread that frees the connections of open files nobody reads (see
+    /// [`reader::OpenFile::reap_if_idle`]). It ends within a second of the circle going away.
+    pub fn start_reaper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("ftpc-reaper".into())
+            .spawn(move || {
+                while let Some(circle) = weak.upgrade() {
+                    let files: Vec<Arc<OpenFile>> = circle
+                        .files
+                        .lock()
+                        .map(|f| f.values().cloned().collect())
+                        .unwrap_or_default();
+                    drop(circle);
+                    for f in files {
+                        if f.reap_if_idle(IDLE_TRANSFER) {
+                            log::debug!("freed the connection of an idle open file");
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the idle-transfer reaper: {e}");
         }
     }
 
@@ -593,6 +625,7 @@ impl Circle {
         let fetched = self.fetch_all(servers, &path, prio);
         let mut ok = Vec::new();
         let mut first_err = None;
+        let mut failed = Sources::default();
         for (server, f) in &fetched {
             match &f.result {
                 Ok(entries) => ok.push((*server, &entries[..])),
@@ -600,6 +633,7 @@ impl Circle {
                 Err(e) if e.kind == Kind::NotFound => ok.push((*server, &[][..])),
                 Err(e) => {
                     log::warn!("{e}");
+                    failed = Sources(failed.0 | Sources::from_list(&[*server]).0);
                     first_err.get_or_insert_with(|| e.clone());
                 }
             }
@@ -617,7 +651,7 @@ impl Circle {
             } else {
                 self.opts.ttl
             };
-        self.apply(ino, &path, merged, expires)
+        self.apply(ino, &path, merged, failed, expires)
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to
@@ -690,7 +724,17 @@ impl Circle {
     }
 
     /// Replace the children of `dir` with `merged`, keeping inode numbers of names that stay.
-    fn apply(&self, dir: u64, path: &[u8], merged: Vec<Merged>, expires: Instant) -> Result<()> {
+    /// `failed`: servers whose listing of `dir` failed this time. A child that stays keeps them
+    /// among its sources, so its own next refresh asks them again rather than settling for a
+    /// listing without them for a whole TTL.
+    fn apply(
+        &self,
+        dir: u64,
+        path: &[u8],
+        merged: Vec<Merged>,
+        failed: Sources,
+        expires: Instant,
+    ) -> Result<()> {
         let mut nodes = self.nodes.write().map_err(|_| lock_err())?;
         let old_order = match nodes.get_mut(dir).map(|n| &mut n.kind) {
             Some(NodeKind::Dir(d)) => std::mem::take(&mut d.order),
@@ -728,7 +772,11 @@ impl Circle {
                     }
                     n.size = m.size;
                     n.mtime = mtime;
-                    n.sources = sources;
+                    n.sources = if matches!(n.kind, NodeKind::Dir(_)) {
+                        Sources(sources.0 | (n.sources.0 & failed.0))
+                    } else {
+                        sources
+                    };
                     n.idx = idx;
                     // A directory keeps its own children and expiry.
                     if !matches!(n.kind, NodeKind::Dir(_)) {

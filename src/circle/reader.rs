@@ -143,6 +143,8 @@ struct State {
     want_end: u64,
     closed: bool,
     pump_started: bool,
+    /// When a request last used this file (for the idle reaper).
+    last_read: Option<Instant>,
 }
 
 struct Shared {
@@ -210,6 +212,7 @@ impl OpenFile {
         let deadline = Instant::now() + sh.max_wait;
         let mut st = sh.lock();
         st.want_end = st.want_end.max(end);
+        st.last_read = Some(Instant::now());
         if sh.size > PUMP_MIN_SIZE && !st.pump_started {
             st.pump_started = true;
             let pump = Arc::clone(sh);
@@ -257,6 +260,23 @@ impl OpenFile {
         // Data was consumed: the pump may read further ahead now.
         sh.cv.notify_all();
         Ok(Data::Owned(out))
+    }
+
+    /// Abort the transfer if no request used the file for `idle`: an open file nobody reads
+    /// (an editor, `less` left open, a stalled program) must not hold one of the server's few
+    /// connections. A later read starts a new transfer at its offset (REST).
+    pub fn reap_if_idle(&self, idle: Duration) -> bool {
+        let sh = &self.shared;
+        let mut st = sh.lock();
+        if st.busy || st.active.is_none() || st.last_read.is_some_and(|t| t.elapsed() < idle) {
+            return false;
+        }
+        let active = st.active.take();
+        drop(st);
+        if let Some(a) = active {
+            a.stream.abort();
+        }
+        true
     }
 
     /// Stop any transfer in progress and the pump (on release).

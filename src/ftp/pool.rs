@@ -443,7 +443,13 @@ impl Backend for FtpBackend {
     fn list(&self, s: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>> {
         let server = self.server(s)?;
         let spath = server.server_path(path);
-        let (format, lines) = server.with_conn(prio, |c| c.list_dir(server.label(), &spath))?;
+        let list =
+            |allow_stat| server.with_conn(prio, |c| c.list_dir(server.label(), &spath, allow_stat));
+        let (format, lines) = match list(true) {
+            // That connection was dropped (out of step); a data-connection listing has no limit.
+            Err(e) if e.kind == Kind::TooLarge => list(false)?,
+            res => res?,
+        };
         let parsed = listing::parse_listing(&lines, format, SystemTime::now());
         for skip in &parsed.skipped {
             log::debug!(
