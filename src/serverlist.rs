@@ -195,9 +195,10 @@ pub fn load(file: &Path) -> Result<Vec<ServerSpec>, ServerListError> {
         .map_err(|e| ServerListError::whole(file, format!("cannot read the server list: {e}")))?;
     let entries = parse_entries(file, &content, &Sources::REAL)?;
     if passwords_exposed(mode, &entries) {
-        log::warn!(
-            "{}: readable by group/others (mode {:03o}) but contains passwords; \
-             run `chmod 600 {}` or use env:/file: password references",
+        // Printed on the terminal even when the log goes to a file: the user must see it.
+        eprintln!(
+            "ftpcircle-fs: warning: {}: readable by group/others (mode {:03o}) but contains \
+             passwords; run `chmod 600 {}` or use env:/file: password references",
             file.display(),
             mode & 0o777,
             file.display()

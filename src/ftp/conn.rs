@@ -243,10 +243,9 @@ impl Conn {
             && !self.feats.mlsd
             && !globby
             && self.stat.load(Ordering::Relaxed) != STAT_REFUSED
+            && let Some(lines) = self.stat_dir(label, &wire, &what)?
         {
-            if let Some(lines) = self.stat_dir(label, &wire, &what)? {
-                return Ok((Format::List, lines));
-            }
+            return Ok((Format::List, lines));
         }
         let (format, cmd) = if self.feats.mlsd {
             (Format::Mlsd, format!("MLSD {wire}"))
