@@ -178,7 +178,8 @@ count_cmds() {
         match($0, /FTP command: Client "[^"]*", "[A-Za-z]+/) {
             v = substr($0, RSTART, RLENGTH); sub(/.*"/, "", v); v = toupper(v)
             all++
-            if (v == "LIST" || v == "MLSD" || v == "NLST") l++
+            # STAT with a path is a listing too (on the control connection).
+            if (v == "LIST" || v == "MLSD" || v == "NLST" || (v == "STAT" && $0 ~ /"STAT [^"]/)) l++
             else if (v == "RETR") r++
             else if (v == "USER") u++
         }
@@ -766,7 +767,7 @@ report() {
             done
         done
         echo
-        echo "FTP commands received by all servers: listings (LIST+MLSD+NLST) / RETR / logins (all commands)."
+        echo "FTP commands received by all servers: listings (LIST+MLSD+NLST+STAT path) / RETR / logins (all commands)."
         echo "A cold run includes what the mount itself sent; warm = the first warm run."
         echo
         echo "| test | ftpcircle-fs | rclone | curl/lftp |"
