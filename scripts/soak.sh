@@ -303,13 +303,15 @@ cp_worker() {
                 printf 'cp: %s: %s\n' "$f" "$err" >>"$STATS/problems"
                 sleep 0.5
             fi
+            # After every copy, so the counts survive if the worker is stopped at the end
+            # in the middle of a copy.
+            {
+                echo "copies=$copies bytes=$bytes wrong=$wrong errors=$errors"
+                for kind in "${!kinds[@]}"; do echo "error $kind ${kinds[$kind]}"; done
+            } >"$out"
         done
     done
     rm -f "$dst"
-    {
-        echo "copies=$copies bytes=$bytes wrong=$wrong errors=$errors"
-        for kind in "${!kinds[@]}"; do echo "error $kind ${kinds[$kind]}"; done
-    } >"$out"
 }
 
 grep_worker() {
@@ -340,11 +342,12 @@ grep_worker() {
                 "$(sed "s|^$MNT/||" "$WORK/grep.out" | sort | comm -13 - "$WORK/grep.want" |
                     head -n 3 | tr '\n' ' ')" >>"$STATS/problems"
         fi
+        # After every pass, so the counts survive if the worker is stopped mid-pass.
+        {
+            echo "passes=$passes ok=$ok errored=$errored mismatch=$mismatch"
+            for kind in "${!kinds[@]}"; do echo "error $kind ${kinds[$kind]}"; done
+        } >"$out"
     done
-    {
-        echo "passes=$passes ok=$ok errored=$errored mismatch=$mismatch"
-        for kind in "${!kinds[@]}"; do echo "error $kind ${kinds[$kind]}"; done
-    } >"$out"
 }
 
 pread_worker() { # pread_worker N

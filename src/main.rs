@@ -68,7 +68,25 @@ struct Args {
     quiet: bool,
 }
 
+/// glibc malloc settings, set before any thread starts.
+///
+/// Reads move data in 1 MiB chunks from many threads. By default glibc raises its mmap
+/// threshold after the first such chunk is freed, so later chunks come from per-thread arenas
+/// (up to 8 per core) and their memory stays there after being freed: a soak with parallel
+/// readers reached 650 MB RSS while holding a few dozen MiB of live data. A fixed threshold
+/// keeps every chunk in its own mapping, returned to the system when freed, and two arenas
+/// are plenty for a daemon whose threads mostly wait on the network.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
