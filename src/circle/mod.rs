@@ -187,7 +187,11 @@ fn lock_err() -> Error {
 }
 
 impl Circle {
-    pub fn new(backend: Arc<dyn Backend>, opts: Options) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, mut opts: Options) -> Self {
+        // Without a cache, whatever prefetch fetched would be stale before anyone asked for it.
+        if opts.ttl.is_zero() {
+            opts.prefetch = false;
+        }
         let now = SystemTime::now();
         let mut nodes = Nodes { list: Vec::new() };
         let root = nodes.push(Node {
