@@ -81,12 +81,6 @@ impl Error {
             _ => log::Level::Warn,
         }
     }
-
-    /// Prefix the message with more context ("server x: ", "path y: ").
-    pub fn context(mut self, what: impl fmt::Display) -> Self {
-        self.message = format!("{what}: {}", self.message);
-        self
-    }
 }
 
 impl fmt::Display for Error {

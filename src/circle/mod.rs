@@ -91,7 +91,17 @@ impl Sources {
     }
 
     fn all(n: usize) -> Self {
-        Sources::from_list(&(0..n.min(MAX_SERVERS)).collect::<Vec<_>>())
+        Sources(if n >= MAX_SERVERS {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
+        })
+    }
+
+    fn insert(&mut self, s: usize) {
+        if s < MAX_SERVERS {
+            self.0 |= 1 << s;
+        }
     }
 
     fn iter(self) -> impl Iterator<Item = usize> {
@@ -374,10 +384,6 @@ impl Circle {
         self.opts.ttl
     }
 
-    pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
-    }
-
     /// Listing commands sent so far (all servers).
     pub fn listing_fetches(&self) -> u64 {
         self.cache.fetches()
@@ -585,6 +591,14 @@ impl Circle {
     /// Queue the subdirectories of `ino` for listing (each `depth - 1` levels further), unless
     /// that was done already for at least this depth since the last refresh.
     fn queue_subdirs(&self, ino: u64, depth: u8) {
+        // Every lookup comes here: decide under the shared lock, write only when there is work.
+        let done = |nodes: &Nodes| {
+            !matches!(nodes.get(ino).map(|n| &n.kind),
+                Some(NodeKind::Dir(d)) if d.prefetched_depth < depth)
+        };
+        if self.nodes.read().map_or(true, |n| done(&n)) {
+            return;
+        }
         let Ok(mut nodes) = self.nodes.write() else {
             return;
         };
@@ -637,7 +651,7 @@ impl Circle {
                 Err(e) if e.kind == Kind::NotFound => ok.push((*server, &[][..])),
                 Err(e) => {
                     log::warn!("{e}");
-                    failed = Sources(failed.0 | Sources::from_list(&[*server]).0);
+                    failed.insert(*server);
                     first_err.get_or_insert_with(|| e.clone());
                 }
             }

@@ -134,8 +134,6 @@ struct State {
     active: Option<Active>,
     /// Someone took the transfer out and is reading a chunk, or opening a new one.
     busy: bool,
-    /// Offset the transfer will deliver next (meaningful while `busy` or `active`).
-    pos: u64,
     chunks: Chunks,
     /// Servers that failed for this file since it was opened.
     failed: Vec<usize>,
@@ -183,10 +181,6 @@ impl OpenFile {
                 cv: Condvar::new(),
             }),
         }
-    }
-
-    pub fn size(&self) -> u64 {
-        self.shared.size
     }
 
     /// Start with the whole file already here (prefetched); no transfer will be needed.
@@ -323,7 +317,6 @@ impl Shared {
         let (data, res) = read_chunk(&mut active, self.size, buf);
         let mut st = self.lock();
         st.busy = false;
-        st.pos = active.pos;
         if !data.is_empty() {
             // Keep what arrived even if the transfer broke: the next copy resumes right here.
             st.chunks.push(start, data);
@@ -378,7 +371,6 @@ impl Shared {
         match res {
             Ok((active, newly_failed)) => {
                 st.failed.extend(newly_failed);
-                st.pos = active.pos;
                 st.active = Some(active);
                 Ok(st)
             }
