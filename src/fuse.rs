@@ -283,8 +283,11 @@ impl Filesystem for CircleFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.circle.inode_count();
-        reply.statfs(0, 0, 0, files, 0, BLKSIZE, 255, BLKSIZE);
+        // What is known of the merged tree so far: `df -h` shows the size of the files listed
+        // (as used, none free: nothing can be written), `df -i` the number of entries.
+        let (entries, bytes) = self.circle.tree_totals();
+        let blocks = bytes.div_ceil(u64::from(BLKSIZE));
+        reply.statfs(blocks, 0, 0, entries, 0, BLKSIZE, 255, BLKSIZE);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -461,7 +464,7 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
     cfg.mount_options = vec![
         MountOption::RO,
         MountOption::FSName("ftpcircle".into()),
-        MountOption::Subtype("ftpcircle".into()),
+        MountOption::Subtype("ftpcircle-fs".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
@@ -469,7 +472,9 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
         let opt = opt.trim();
         match opt {
             "" | "ro" => {}
-            "rw" => return Err("-o rw: the mount is read-only".into()),
+            // mount(8) and mount.fuse3 add `rw` (no `ro` in fstab), `dev` and `suid` on their
+            // own: the mount stays read-only, nodev and nosuid whatever they say.
+            "rw" | "dev" | "suid" => log::debug!("-o {opt}: ignored (always ro,nodev,nosuid)"),
             "allow_other" => cfg.acl = SessionACL::All,
             "allow_root" => cfg.acl = SessionACL::RootAndOwner,
             "auto_unmount" => cfg.mount_options.push(MountOption::AutoUnmount),

@@ -6,10 +6,12 @@
 //! - [`backend`]: the trait the merged view needs from "the servers";
 //! - [`circle`]: the merged view: inode table, listing cache, merge rules, reads;
 //! - [`fuse`]: the thin fuser adapter;
-//! - [`logging`]: the logger, which never lets a password through.
+//! - [`logging`]: the logger, which never lets a password through;
+//! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions.
 
 pub mod backend;
 pub mod circle;
+pub mod cli;
 pub mod error;
 pub mod ftp;
 pub mod fuse;

@@ -7,66 +7,17 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-
 use ftpcircle_fs::backend::Backend;
 use ftpcircle_fs::circle::{self, Circle};
+use ftpcircle_fs::cli::{self, Args, Parsed};
 use ftpcircle_fs::ftp::conn::Endpoint;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
 use ftpcircle_fs::serverlist::{self, Tls};
 use ftpcircle_fs::{ftp, fuse, logging};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "ftpcircle-fs",
-    version,
-    about = "Mount every FTP/FTPS server in serverlist.txt as one merged, read-only tree"
-)]
-struct Args {
-    /// Where to mount (an existing directory)
-    mountpoint: PathBuf,
-    /// serverlist.txt to use [default: ./serverlist.txt, then $XDG_CONFIG_HOME (or ~/.config)/ftpcircle/serverlist.txt]
-    #[arg(long, value_name = "FILE")]
-    servers: Option<PathBuf>,
-    /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<PathBuf>,
-    /// Timeout in seconds for every connect, login, command and data read
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
-    /// Connections per server at most
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    max_connections: usize,
-    /// How long directory listings are cached, in seconds
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    cache_ttl: f64,
-    /// How many directory entries the listing cache holds at most, over all listings
-    #[arg(long, default_value_t = 200_000, value_name = "N")]
-    cache_entries: usize,
-    /// Don't fetch directory listings and small files ahead of the walker
-    #[arg(long)]
-    no_prefetch: bool,
-    /// Stay in the foreground (either way, SIGINT, SIGTERM and SIGHUP unmount cleanly)
-    #[arg(short, long)]
-    foreground: bool,
-    /// FUSE mount options, comma separated (allow_other, allow_root, auto_unmount, ...)
-    #[arg(short = 'o', value_name = "OPTS")]
-    options: Vec<String>,
-    /// Append the log to this file (otherwise stderr; a daemon without it logs nowhere)
-    #[arg(long, value_name = "FILE")]
-    log_file: Option<PathBuf>,
-    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only errors in the log
-    #[arg(short, long)]
-    quiet: bool,
-}
 
 /// glibc malloc settings, set before any thread starts.
 ///
@@ -87,11 +38,15 @@ fn tune_malloc() {
 
 fn main() -> ExitCode {
     tune_malloc();
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    let (args, fake) = match cli::parse_env() {
+        Ok(Parsed::Mount { args, fake }) => (args, fake),
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(cli::Usage(msg)) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
         }
     };
     let verbosity = if args.quiet { -1 } else { args.verbose as i8 };
@@ -126,6 +81,10 @@ fn main() -> ExitCode {
         eprintln!("ftpcircle-fs: {e}");
         return ExitCode::from(2);
     }
+    if fake {
+        // `mount -f`: everything checked, nothing mounted.
+        return ExitCode::SUCCESS;
+    }
     if args.foreground {
         return match run(&args, specs, &mut None) {
             Ok(()) => ExitCode::SUCCESS,
@@ -148,12 +107,12 @@ fn check_args(args: &Args) -> Result<(), String> {
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err("--max-connections must be between 1 and 64".into());
     }
-    let meta = std::fs::metadata(&args.mountpoint)
-        .map_err(|e| format!("mount point {}: {e}", args.mountpoint.display()))?;
+    let meta = std::fs::metadata(args.mountpoint())
+        .map_err(|e| format!("mount point {}: {e}", args.mountpoint().display()))?;
     if !meta.is_dir() {
         return Err(format!(
             "mount point {} is not a directory",
-            args.mountpoint.display()
+            args.mountpoint().display()
         ));
     }
     fuse::config(&args.options)?;
@@ -259,19 +218,27 @@ fn run(
     }
     let cfg = fuse::config(&args.options)?;
     let fs = fuse::CircleFs::new(Arc::clone(&circle));
-    let mut session = fuser::Session::new(fs, &args.mountpoint, &cfg)
-        .map_err(|e| format!("mounting on {}: {e}", args.mountpoint.display()))?;
+    let mut session = fuser::Session::new(fs, args.mountpoint(), &cfg)
+        .map_err(|e| format!("mounting on {}: {e}", args.mountpoint().display()))?;
     log::info!(
         "mounted {} server(s) on {}",
         backend.servers(),
-        args.mountpoint.display()
+        args.mountpoint().display()
     );
     if let Some(mut pipe) = ready.take() {
+        // A daemon's stderr goes away: without --log-file its log goes to syslog. Said on the
+        // terminal while there still is one when there is no syslog to send to.
+        if !logging::has_log_file()
+            && let Err(e) = logging::to_syslog()
+        {
+            eprintln!("ftpcircle-fs: warning: {e}; the daemon will log nowhere (use --log-file)");
+        }
         // Closing the pipe (drop) lets the parent's read end: it exits 0 on "R".
         let _ = pipe.write_all(b"R");
         drop(pipe);
         detach_stdio();
     }
+    notify_systemd(b"READY=1");
     let mut unmounter = session.unmount_callable();
     if let Some(set) = signals {
         std::thread::spawn(move || {
@@ -285,6 +252,26 @@ fn run(
         });
     }
     session.run().map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// Tell systemd (a `Type=notify` service) how the mount is doing: `READY=1` once it is usable.
+/// Does nothing unless systemd set `NOTIFY_SOCKET` (a path, or `@name` in the abstract
+/// namespace).
+fn notify_systemd(state: &[u8]) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state, &addr));
+    if let Err(e) = sent {
+        log::warn!("telling systemd we are ready (NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// Block SIGINT/SIGTERM/SIGHUP in this thread (and so in every thread started after it), so

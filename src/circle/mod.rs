@@ -539,9 +539,34 @@ impl Circle {
         }
     }
 
-    /// Number of known inodes (for statfs).
+    /// Number of known inodes (every node ever discovered, including ones that left their
+    /// directory since).
     pub fn inode_count(&self) -> u64 {
         self.nodes.read().map(|n| n.len() as u64).unwrap_or(0)
+    }
+
+    /// The merged tree known so far (for statfs): entries still listed in their directory
+    /// (the root included) and the total size of the files among them.
+    pub fn tree_totals(&self) -> (u64, u64) {
+        let Ok(nodes) = self.nodes.read() else {
+            return (0, 0);
+        };
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        for (i, node) in nodes.list.iter().enumerate() {
+            let ino = i as u64 + 1;
+            let live = ino == ROOT
+                || nodes.get(node.parent).is_some_and(|p| match &p.kind {
+                    NodeKind::Dir(d) => d.order.get(node.idx as usize) == Some(&ino),
+                    _ => false,
+                });
+            if live {
+                entries += 1;
+                if matches!(node.kind, NodeKind::File) {
+                    bytes = bytes.saturating_add(node.size);
+                }
+            }
+        }
+        (entries, bytes)
     }
 
     fn attr_of(&self, ino: u64, node: &Node) -> Attr {
