@@ -661,7 +661,7 @@ impl Circle {
         {
             return Err(e);
         }
-        let (merged, conflicts) = merge::merge(&ok);
+        let (merged, conflicts) = merge::merge(&ok, &|_, _, _| false);
         self.log_conflicts(&path, &conflicts);
         let expires = Instant::now()
             + if first_err.is_some() {
