@@ -373,8 +373,8 @@ impl Circle {
         let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         match node.kind {
             NodeKind::File => {}
-            NodeKind::Dir(_) => return Err(Error::new(Kind::Invalid, "is a directory")),
-            NodeKind::Symlink(_) => return Err(Error::new(Kind::Invalid, "is a symlink")),
+            NodeKind::Dir(_) => return Err(Error::new(Kind::IsDir, "is a directory")),
+            NodeKind::Symlink(_) => return Err(Error::new(Kind::IsSymlink, "is a symlink")),
         }
         let sources = node.sources.iter().collect();
         Ok((Self::path_of(&nodes, ino), node.size, sources))
@@ -410,7 +410,7 @@ impl Circle {
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let ino = match &nodes.get(parent).ok_or_else(Error::not_found)?.kind {
             NodeKind::Dir(d) => nodes.child(d, name).ok_or_else(Error::not_found)?,
-            _ => return Err(Error::new(Kind::NotFound, "not a directory")),
+            _ => return Err(Error::new(Kind::NotDir, "not a directory")),
         };
         let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         Ok(self.attr_of(ino, node))
@@ -421,7 +421,7 @@ impl Circle {
         self.refresh(ino, Priority::Foreground, prefetch::DIR_DEPTH)?;
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let NodeKind::Dir(d) = &nodes.get(ino).ok_or_else(Error::not_found)?.kind else {
-            return Err(Error::new(Kind::Invalid, "not a directory"));
+            return Err(Error::new(Kind::NotDir, "not a directory"));
         };
         Ok(d.order
             .iter()
@@ -494,7 +494,7 @@ impl Circle {
             .map_err(|_| lock_err())?
             .get(&fh)
             .cloned()
-            .ok_or_else(|| Error::new(Kind::Invalid, "bad file handle"))?;
+            .ok_or_else(|| Error::new(Kind::BadHandle, "bad file handle"))?;
         let res = file.read(off, len);
         if let Err(e) = &res
             && matches!(e.kind, Kind::Stale | Kind::Unavailable | Kind::Protocol)
@@ -633,7 +633,7 @@ impl Circle {
             let nodes = self.nodes.read().map_err(|_| lock_err())?;
             let node = nodes.get(ino).ok_or_else(Error::not_found)?;
             let NodeKind::Dir(d) = &node.kind else {
-                return Err(Error::new(Kind::NotFound, "not a directory"));
+                return Err(Error::new(Kind::NotDir, "not a directory"));
             };
             if d.expires.is_some_and(|e| Instant::now() < e) {
                 return Ok(());

@@ -485,3 +485,24 @@ fn symlink_targets_are_fetched_again_with_the_listing() {
         .count();
     assert_eq!(targets, lists, "one target listing per listing, no more");
 }
+
+#[test]
+fn errors_carry_the_errno_posix_tools_expect() {
+    let (_mock, c) = circle(two_servers(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    let errno = |r: Result<()>| r.unwrap_err().errno();
+    // A path through a file.
+    assert_eq!(errno(c.lookup(a, b"x").map(drop)), libc::ENOTDIR);
+    assert_eq!(errno(c.readdir(a).map(drop)), libc::ENOTDIR);
+    // A directory opened as a file.
+    assert_eq!(errno(c.open(pub_).map(drop)), libc::EISDIR);
+    // A handle never given out, or released.
+    assert_eq!(errno(c.read(9999, 0, 10).map(drop)), libc::EBADF);
+    let (fh, _) = c.open(a).unwrap();
+    c.release(fh);
+    assert_eq!(errno(c.read(fh, 0, 10).map(drop)), libc::EBADF);
+    // A name that does not exist, and readlink of a file.
+    assert_eq!(errno(c.lookup(pub_, b"nope").map(drop)), libc::ENOENT);
+    assert_eq!(errno(c.readlink(a).map(drop)), libc::EINVAL);
+}
