@@ -8,6 +8,9 @@
 use crate::error::Result;
 use crate::ftp::listing::RawEntry;
 
+/// Symlink targets of one directory: (name, target) pairs.
+pub type LinkTargets = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Who is waiting for a network call. Background work (prefetch) only uses a connection the
 /// server has to spare and yields to any foreground request waiting for one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +39,7 @@ pub trait Backend: Send + Sync {
         _server: usize,
         _path: &[u8],
         _prio: Priority,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<LinkTargets> {
         Ok(Vec::new())
     }
     /// The server is known not to answer right now: don't wait for it.

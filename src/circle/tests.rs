@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::*;
-use crate::backend::ByteStream;
+use crate::backend::{ByteStream, LinkTargets};
 use crate::ftp::listing::{EntryKind, RawEntry};
 
 #[derive(Default)]
@@ -19,7 +19,7 @@ struct MockServer {
     down: bool,
     /// Directory -> its `ls -l` symlink targets (name, target), for listings that name
     /// symlinks without target (proftpd's MLSD).
-    link_targets: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>,
+    link_targets: HashMap<Vec<u8>, LinkTargets>,
 }
 
 #[derive(Default)]
@@ -94,12 +94,7 @@ impl Backend for Mock {
         }
         srv.dirs.get(path).cloned().ok_or_else(Error::not_found)
     }
-    fn symlink_targets(
-        &self,
-        s: usize,
-        path: &[u8],
-        _prio: Priority,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn symlink_targets(&self, s: usize, path: &[u8], _prio: Priority) -> Result<LinkTargets> {
         self.target_lists.lock().unwrap().push((s, path.to_vec()));
         let srv = &self.servers[s];
         if srv.down {

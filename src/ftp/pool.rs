@@ -24,7 +24,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, Priority};
+use crate::backend::{Backend, ByteStream, LinkTargets, Priority};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{Conn, Endpoint, Transfer};
 use crate::ftp::listing::{self, RawEntry};
@@ -463,12 +463,7 @@ impl Backend for FtpBackend {
         Ok(parsed.entries)
     }
 
-    fn symlink_targets(
-        &self,
-        s: usize,
-        path: &[u8],
-        prio: Priority,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn symlink_targets(&self, s: usize, path: &[u8], prio: Priority) -> Result<LinkTargets> {
         let server = self.server(s)?;
         let spath = server.server_path(path);
         let list = |allow_stat| {
