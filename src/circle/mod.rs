@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod merge;
+pub mod mirrors;
 pub mod prefetch;
 pub mod reader;
 
@@ -188,6 +189,8 @@ pub struct Circle {
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     conflicts_logged: Mutex<HashSet<Vec<u8>>>,
+    /// Copies found different by content, and file hashes (see [`mirrors`]).
+    mirrors: Arc<mirrors::Mirrors>,
     queue: Arc<Queue>,
     prefetched: FileCache,
 }
@@ -224,6 +227,7 @@ impl Circle {
             next_fh: AtomicU64::new(1),
             mounted_at: now,
             conflicts_logged: Mutex::new(HashSet::new()),
+            mirrors: Arc::default(),
             queue: Arc::new(Queue::default()),
             prefetched: FileCache::default(),
         }
@@ -471,6 +475,7 @@ impl Circle {
             size,
             sources,
             self.opts.max_wait,
+            Arc::clone(&self.mirrors),
         );
         if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {
             if let Some(data) = self.prefetched.take(ino, self.opts.max_wait)
@@ -497,7 +502,10 @@ impl Circle {
             .ok_or_else(|| Error::new(Kind::BadHandle, "bad file handle"))?;
         let res = file.read(off, len);
         if let Err(e) = &res
-            && matches!(e.kind, Kind::Stale | Kind::Unavailable | Kind::Protocol)
+            && matches!(
+                e.kind,
+                Kind::Stale | Kind::Unavailable | Kind::Protocol | Kind::Mismatch
+            )
         {
             // The file may have changed on the server: list its directory again next time.
             self.invalidate_parent(file.ino, file.path());
@@ -661,7 +669,19 @@ impl Circle {
         {
             return Err(e);
         }
-        let (merged, conflicts) = merge::merge(&ok, &|_, _, _| false);
+        let none_found = self.mirrors.none_found();
+        let differ = |name: &[u8], a: usize, b: usize| {
+            if none_found {
+                return false;
+            }
+            let full = if path.is_empty() {
+                name.to_vec()
+            } else {
+                [&path[..], name].join(&b'/')
+            };
+            self.mirrors.differ(&full, a, b)
+        };
+        let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
         let expires = Instant::now()
             + if first_err.is_some() {
