@@ -557,11 +557,18 @@ fn x_command(algo: HashAlgo) -> &'static str {
     }
 }
 
-/// The hex hash in a hash reply (`213 SHA-256 0-49 <hex> <name>`: token 2 after the code;
-/// `250 <hex>`: token 0), lowercased, checked to have the algorithm's length (a CRC may come
+/// The hex hash in the last line of a hash reply (`213 SHA-256 0-49 <hex> <name>`: token 2
+/// after the code; `250 <hex>`: token 0), lowercased, checked to have the algorithm's length (a CRC may come
 /// without its leading zeros).
 fn parse_hash_reply(body: &[u8], token: usize, algo: HashAlgo) -> Option<Vec<u8>> {
-    let line = body.split(|&b| b == b'\n').next()?;
+    // The answer is on the last line: proftpd sends `250-Computing SHA256 digest` first.
+    let line = body
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .rfind(|l| !l.is_empty())?;
+    if line.get(3) != Some(&b' ') {
+        return None;
+    }
     let text = line.get(4..)?;
     let hex = text
         .split(|&b| b == b' ')
@@ -676,6 +683,17 @@ mod tests {
         assert_eq!(
             parse_hash_reply(b"250 1a2b\r\n", 0, HashAlgo::Crc32),
             Some(b"00001a2b".to_vec())
+        );
+        // proftpd 1.3.8 says what it does first.
+        let reply = format!("250-Computing SHA256 digest\r\n250 {}\r\n", "0A".repeat(32));
+        assert_eq!(
+            parse_hash_reply(reply.as_bytes(), 0, HashAlgo::Sha256),
+            Some("0a".repeat(32).into_bytes())
+        );
+        let reply = b"213-Computing SHA-1 digest\r\n213 SHA-1 0-6 f572d396fae9206628714fb2ce00f72e94f2258f /pub/f.txt\r\n";
+        assert_eq!(
+            parse_hash_reply(reply, 2, HashAlgo::Sha1),
+            Some(b"f572d396fae9206628714fb2ce00f72e94f2258f".to_vec())
         );
         // Wrong length, not hex, nothing there.
         assert_eq!(parse_hash_reply(b"250 abcd\r\n", 0, HashAlgo::Md5), None);
