@@ -676,3 +676,31 @@ fn read_chunk(active: &mut Active, size: u64, mut buf: Vec<u8>) -> (Vec<u8>, Res
     active.pos += got as u64;
     (buf, res)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_witness_is_the_last_bytes_received() {
+        let mut st = State::default();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        st.note_witness(0, &data);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!((off, w.len()), (10_000 - OVERLAP as u64, OVERLAP));
+        assert_eq!(w, &data[10_000 - OVERLAP..]);
+        // Small pieces that continue it slide it forward, keeping OVERLAP bytes.
+        st.note_witness(10_000, &[1, 2, 3]);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!(off, 10_003 - OVERLAP as u64);
+        assert_eq!(w.len(), OVERLAP);
+        assert_eq!(&w[OVERLAP - 3..], &[1, 2, 3]);
+        assert_eq!(&w[..OVERLAP - 3], &data[10_003 - OVERLAP..]);
+        // A piece elsewhere (after a seek) starts a new witness, however short.
+        st.note_witness(50_000, &[9; 10]);
+        assert_eq!(st.witness, Some((50_000, vec![9; 10])));
+        st.note_witness(50_010, &[8; 5]);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!((off, w.len()), (50_000, 15));
+    }
+}
