@@ -14,6 +14,9 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod unpacked;
+
+pub use unpacked::{parse_proftpd_log, parse_pureftpd_log};
 
 use std::ffi::OsString;
 use std::fs;
@@ -564,6 +567,24 @@ pub enum ServerKind {
     VsftpdImplicitTls,
     /// pyftpdlib, plain FTP, user account, MLSD available.
     Pyftpdlib,
+    /// proftpd, plain FTP, anonymous, MLSD.
+    Proftpd,
+    /// proftpd with mod_tls, explicit FTPS required, anonymous, MLSD.
+    ProftpdTls,
+    /// pure-ftpd, plain FTP, one virtual user, MLSD.
+    PureFtpd,
+    /// pure-ftpd, TLS required on control and data, one virtual user, MLSD.
+    PureFtpdTls,
+}
+
+impl ServerKind {
+    /// Whether the serverlist line asks for explicit FTPS (AUTH TLS).
+    pub fn explicit_tls(self) -> bool {
+        matches!(
+            self,
+            ServerKind::VsftpdTls | ServerKind::ProftpdTls | ServerKind::PureFtpdTls
+        )
+    }
 }
 
 /// One command a server received and the first reply it sent to it.
@@ -606,6 +627,19 @@ impl Exchange {
     }
 }
 
+/// FTP verbs that change something on a server: the one list every test
+/// checks server logs against (tests/common/fake.rs must hold the same list;
+/// tests/servers.rs checks that it does).
+pub const WRITE_VERBS: &[&str] = &[
+    "STOR", "STOU", "APPE", "DELE", "MKD", "XMKD", "RMD", "XRMD", "RNFR", "RNTO", "SITE", "MFMT",
+    "MFF", "SMNT",
+];
+
+/// Whether `verb` (any case) is in [`WRITE_VERBS`].
+pub fn is_write_verb(verb: &str) -> bool {
+    WRITE_VERBS.iter().any(|w| w.eq_ignore_ascii_case(verb))
+}
+
 /// A real FTP server on loopback, killed (with its whole process group) and
 /// reaped on drop.
 pub struct FtpServer {
@@ -619,6 +653,8 @@ pub struct FtpServer {
     log: PathBuf,
     output: PathBuf,
     child: Option<Child>,
+    /// pure-ftpd's log receiver (stops after the server is killed).
+    syslog: Option<unpacked::SyslogSink>,
     // Config, logs, empty chroot dir.  Dropped after the process is killed.
     work: TempDir,
 }
@@ -704,6 +740,7 @@ impl FtpServer {
             log,
             output,
             child: Some(child),
+            syslog: None,
             work,
         }
     }
@@ -815,6 +852,7 @@ impl FtpServer {
             log,
             output,
             child: Some(child),
+            syslog: None,
             work,
         }
     }
@@ -840,9 +878,9 @@ impl FtpServer {
             None => (String::new(), String::new()),
         };
         let tls = match self.kind {
-            ServerKind::Vsftpd | ServerKind::Pyftpdlib => "0",
-            ServerKind::VsftpdTls => "1",
             ServerKind::VsftpdImplicitTls => "implicit",
+            k if k.explicit_tls() => "1",
+            _ => "0",
         };
         format!("{}{},{},{},{}", self.addr(), base, user, pass, tls)
     }
@@ -875,7 +913,11 @@ impl FtpServer {
         let text = self.commands_log();
         match self.kind {
             ServerKind::Pyftpdlib => parse_pyftpdlib_log(&text),
-            _ => parse_vsftpd_log(&text),
+            ServerKind::Proftpd | ServerKind::ProftpdTls => parse_proftpd_log(&text),
+            ServerKind::PureFtpd | ServerKind::PureFtpdTls => parse_pureftpd_log(&text),
+            ServerKind::Vsftpd | ServerKind::VsftpdTls | ServerKind::VsftpdImplicitTls => {
+                parse_vsftpd_log(&text)
+            }
         }
     }
 
@@ -895,6 +937,28 @@ impl FtpServer {
     /// Number of directory listings the server served (LIST/NLST/MLSD/STAT path).
     pub fn listing_count(&self) -> usize {
         self.exchanges().iter().filter(|e| e.is_listing()).count()
+    }
+
+    /// Asserts that this server saw a logged-in session (so its log is read
+    /// and parsed at all) and received no command in [`WRITE_VERBS`].
+    pub fn assert_no_write_commands(&self, name: &str) {
+        let exchanges = self.exchanges();
+        assert!(
+            exchanges
+                .iter()
+                .any(|e| e.verb() == "PASS" && e.reply == Some(230))
+                || exchanges
+                    .iter()
+                    .any(|e| e.verb() == "USER" && e.reply == Some(230)),
+            "{name}: no successful login in the server's log; cannot check it for writes:\n{}",
+            self.commands_log()
+        );
+        let bad: Vec<&str> = exchanges
+            .iter()
+            .filter(|e| is_write_verb(&e.verb()))
+            .map(|e| e.command.as_str())
+            .collect();
+        assert!(bad.is_empty(), "{name} received write commands: {bad:?}");
     }
 
     /// Whether the server process is still running.
