@@ -325,7 +325,8 @@ fn check_unpacked_server(server: &FtpServer, extra: &[&str]) {
         "STOR not logged as refused: {ex:#?}"
     );
     assert!(
-        ex.iter().any(|e| e.verb() == "PASS" && e.reply == Some(230)),
+        ex.iter()
+            .any(|e| e.verb() == "PASS" && e.reply == Some(230)),
         "{ex:#?}"
     );
     assert!(

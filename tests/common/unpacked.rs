@@ -22,8 +22,8 @@
 //!   `/dev` has a `log` socket the harness reads ([`SyslogSink`]).
 
 use super::{
-    COUNTER, Exchange, FtpServer, ServerKind, TempDir, TestCert, make_world_readable,
-    run_ok, run_timeout, start_with_retries, wait_banner,
+    COUNTER, Exchange, FtpServer, ServerKind, TempDir, TestCert, make_world_readable, run_ok,
+    run_timeout, start_with_retries, wait_banner,
 };
 use std::fs;
 use std::io::Write;
