@@ -764,7 +764,10 @@ fn certificate_for_another_host_name_is_refused() {
     let label = format!("localhost:{}", tls.port);
     let list = format!("{}\n{label},,,1\n", plain.line());
 
-    let run = Mount::start(&list, &bare(0o600).arg("--ca-file").arg(&ca.ca).arg("-v"));
+    let run = Mount::start(
+        &list,
+        &bare(0o600).arg("--ca-file").arg_os(&ca.ca).arg("-v"),
+    );
     assert_eq!(read(&run.join("plain/hello.txt")), b"hello\n");
     let top = names(&run.mnt);
     assert!(
@@ -823,7 +826,10 @@ fn password_is_in_no_log_at_any_verbosity() {
 
     // -vvv into a log file.
     let log = dir.join("vvv.log");
-    let mut run = Mount::start(&list, &bare(0o600).arg("-vvv").arg("--log-file").arg(&log));
+    let mut run = Mount::start(
+        &list,
+        &bare(0o600).arg("-vvv").arg("--log-file").arg_os(&log),
+    );
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     assert_eq!(read(&run.join("vault/deep/notes.txt")), b"notes\n");
     run.unmount();
@@ -843,7 +849,7 @@ fn password_is_in_no_log_at_any_verbosity() {
         &bare(0o600)
             .env("RUST_LOG", "trace")
             .arg("--log-file")
-            .arg(&log),
+            .arg_os(&log),
     );
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     run.unmount();
@@ -911,7 +917,10 @@ fn wrong_password_error_names_server_but_not_password() {
 
     // And in a log file.
     let log = dir.join("wrong.log");
-    let mut run = Mount::start(&list, &bare(0o600).arg("-vvv").arg("--log-file").arg(&log));
+    let mut run = Mount::start(
+        &list,
+        &bare(0o600).arg("-vvv").arg("--log-file").arg_os(&log),
+    );
     let _ = fs::metadata(run.join("vault"));
     run.unmount();
     assert_no_secret(
@@ -1018,7 +1027,7 @@ fn world_readable_serverlist_warning_reaches_stderr_with_log_file() {
     let server = password_server(&dir);
     let list = password_line(&server, &csv_field(PW));
     let log = dir.join("mode.log");
-    let run = Mount::start(&list, &bare(0o644).arg("--log-file").arg(&log));
+    let run = Mount::start(&list, &bare(0o644).arg("--log-file").arg_os(&log));
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     let err = run.launch_output();
     let log_text = fs::read_to_string(&log).unwrap_or_default();

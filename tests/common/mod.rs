@@ -1300,7 +1300,12 @@ impl MountOptions {
         }
     }
 
-    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> MountOptions {
+    pub fn arg(self, a: &str) -> MountOptions {
+        self.arg_os(a)
+    }
+
+    /// An argument that is a path (or any other OS string).
+    pub fn arg_os(mut self, a: impl AsRef<std::ffi::OsStr>) -> MountOptions {
         self.args.push(a.as_ref().to_os_string());
         self
     }
