@@ -22,8 +22,8 @@ mod common;
 
 use common::fake::{FakeConfig, FakeFtp, FakeNode};
 use common::{
-    FtpServer, Mount, MountOptions, TempDir, TestCert, is_write_verb, mkdir_p, now_secs,
-    pseudo_random_bytes, run_timeout, set_mtime, symlink, utc_secs, write_file,
+    FtpServer, Mount, MountOptions, TempDir, TestCert, check_fake_no_write_commands, mkdir_p,
+    now_secs, pseudo_random_bytes, run_timeout, set_mtime, symlink, utc_secs, write_file,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -184,19 +184,7 @@ impl Served {
     fn check_no_writes(&self) -> Result<String, String> {
         let r = match self {
             Served::Real(s) => s.check_no_write_commands(),
-            Served::Fake(f) => {
-                let verbs = f.verbs();
-                if !verbs.iter().any(|v| v == "PASS") {
-                    Err(format!("no PASS in the fake's log: {verbs:?}"))
-                } else {
-                    let bad: Vec<_> = verbs.iter().filter(|v| is_write_verb(v)).collect();
-                    if bad.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(format!("write commands: {bad:?}"))
-                    }
-                }
-            }
+            Served::Fake(f) => check_fake_no_write_commands(f),
         };
         r.map(|()| "session seen, no write command".into())
     }
