@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::fake::{FakeConfig, FakeFtp, WRITE_VERBS, dir_line, file_line, link_line};
+use common::fake::{FakeConfig, FakeFtp, dir_line, file_line, link_line};
 use common::{
     FtpServer, Mount, MountOptions, TempDir, descendants, pseudo_random_bytes, run_timeout,
     send_signal, set_mtime, utc_secs, write_file,
@@ -196,20 +196,56 @@ impl Checks {
         }
     }
 
-    /// No write command reached the fake.
+    /// The fake saw a login and no write command.
     fn fake_read_only(&mut self, fake: &FakeFtp) {
-        let bad = fake_writes(fake);
-        self.check(bad.is_empty(), || {
-            format!("fake {} received write commands: {bad:?}", fake.addr())
+        let res = common::check_fake_no_write_commands(fake);
+        self.check(res.is_ok(), || {
+            format!("fake {}: {}", fake.addr(), res.clone().unwrap_err())
         });
     }
 
-    /// No write command reached the real server.
+    /// The real server saw a login and no write command.
     fn server_read_only(&mut self, srv: &FtpServer) {
-        let bad = server_writes(srv);
-        self.check(bad.is_empty(), || {
+        let res = srv.check_no_write_commands();
+        self.check(res.is_ok(), || {
             format!(
-                "{:?} {} received write commands: {bad:?}",
+                "{:?} {}: {}",
+                srv.kind,
+                srv.addr(),
+                res.clone().unwrap_err()
+            )
+        });
+    }
+
+    /// A fake that never got as far as a login (it hangs, or refuses it) was still contacted,
+    /// and received no write command.
+    fn fake_contacted_read_only(&mut self, fake: &FakeFtp) {
+        let bad: Vec<String> = fake
+            .verbs()
+            .into_iter()
+            .filter(|v| common::is_write_verb(v))
+            .collect();
+        let contacted = fake.connections() > 0;
+        self.check(contacted && bad.is_empty(), || {
+            format!(
+                "fake {}: contacted: {contacted}, write commands: {bad:?}",
+                fake.addr()
+            )
+        });
+    }
+
+    /// A real server whose login fails saw the attempt (USER) and no write command.
+    fn server_attempted_read_only(&mut self, srv: &FtpServer) {
+        let ex = srv.exchanges();
+        let tried = ex.iter().any(|e| e.verb() == "USER");
+        let bad: Vec<&String> = ex
+            .iter()
+            .filter(|e| common::is_write_verb(&e.verb()))
+            .map(|e| &e.command)
+            .collect();
+        self.check(tried && bad.is_empty(), || {
+            format!(
+                "{:?} {}: login tried: {tried}, write commands: {bad:?}",
                 srv.kind,
                 srv.addr()
             )
@@ -234,45 +270,14 @@ fn timed_ok(c: &mut Checks, what: &str, took: Duration, bound: Duration) {
     });
 }
 
-fn write_verb(v: &str) -> bool {
-    WRITE_VERBS.iter().any(|w| w.eq_ignore_ascii_case(v))
-}
-
-fn fake_writes(fake: &FakeFtp) -> Vec<String> {
-    fake.commands()
-        .into_iter()
-        .filter(|c| {
-            let verb = c.split(' ').next().unwrap_or("");
-            write_verb(verb.trim_start_matches(|ch: char| !ch.is_ascii_alphabetic()))
-        })
-        .collect()
-}
-
 fn assert_fake_read_only(fake: &FakeFtp) {
-    let bad = fake_writes(fake);
-    assert!(
-        bad.is_empty(),
-        "fake {} received write commands: {bad:?}",
-        fake.addr()
-    );
-}
-
-fn server_writes(srv: &FtpServer) -> Vec<String> {
-    srv.exchanges()
-        .into_iter()
-        .filter(|e| write_verb(&e.verb()))
-        .map(|e| e.command)
-        .collect()
+    if let Err(e) = common::check_fake_no_write_commands(fake) {
+        panic!("fake {}: {e}", fake.addr());
+    }
 }
 
 fn assert_server_read_only(srv: &FtpServer) {
-    let bad = server_writes(srv);
-    assert!(
-        bad.is_empty(),
-        "{:?} {} received write commands: {bad:?}",
-        srv.kind,
-        srv.addr()
-    );
+    srv.assert_no_write_commands(&format!("{:?} {}", srv.kind, srv.addr()));
 }
 
 /// Lines of the launch output (daemon stderr before it detached) naming `addr`.
@@ -408,7 +413,7 @@ fn server_hanging_after_greeting_at_mount_time() {
         format!("d2: {}", show(&d2))
     });
     timed_ok(&mut c, "ls /d2", took, KNOWN_DOWN_BOUND);
-    c.fake_read_only(&fake);
+    c.fake_contacted_read_only(&fake);
     c.server_read_only(&vs.srv);
     c.finish();
 }
@@ -578,7 +583,7 @@ fn wrong_password_is_reported_once_without_the_password() {
     c.check(!log.contains(WRONG), || {
         "the password appears in the log file".to_string()
     });
-    c.server_read_only(&py);
+    c.server_attempted_read_only(&py);
     c.server_read_only(&vs.srv);
     c.finish();
 }

@@ -1028,9 +1028,3 @@ fn is_timeout(e: &io::Error) -> bool {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
 }
-
-/// Commands that would change something on a server.
-pub const WRITE_VERBS: &[&str] = &[
-    "STOR", "STOU", "APPE", "DELE", "MKD", "XMKD", "RMD", "XRMD", "RNFR", "RNTO", "SITE", "MFMT",
-    "MFF", "SMNT",
-];
