@@ -2,7 +2,8 @@
 //!
 //! Owns: connecting with a timeout, explicit/implicit FTPS with certificate and host name
 //! verification, login, binary type, FEAT probing, passive mode (EPSV where offered, else PASV),
-//! listings (MLSD or LIST) and ranged RETR streams.
+//! listings (MLSD, STAT or LIST, from inside the directory with CWD where a server's `ls`
+//! could split or expand the path) and ranged RETR streams.
 //!
 //! Invariants:
 //! - every socket this module opens has connect, read and write timeouts;
@@ -10,7 +11,9 @@
 //!   after the greeting, implicit FTPS is TLS from the first byte);
 //! - names travel byte-faithfully: after login the connection uses [`ByteEncoding`], which maps
 //!   every byte to one `char` and back, so a latin-1 or UTF-8 name is sent exactly as listed;
-//! - the password is only ever passed to `login()`; no message built here contains it.
+//! - the password is only ever passed to `login()`; no message built here contains it;
+//! - every path sent is absolute (base paths start with `/`), so the working directory a
+//!   listing by CWD leaves behind never changes what a later command refers to.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -222,21 +225,30 @@ impl Conn {
     /// `find` 20 ms away from its servers takes a third of the time. A server that refuses
     /// STAT (5xx) is remembered and listed with LIST from then on.
     /// `allow_stat: false` forces MLSD/LIST (after a STAT reply too large to read).
+    ///
+    /// Many servers (GNU inetutils and netkit ftpd, wu-ftpd, NAS boxes) hand the argument of
+    /// LIST and STAT to `ls` as words and glob patterns: `LIST /pub/sub dir` lists `/pub/sub`
+    /// and `dir`. So without MLSD a path that such a server could split or expand
+    /// ([`list_from_inside`]), or any path when `from_inside` is set (the caller's retry after
+    /// a path listing that failed or gave nothing readable), is listed by `CWD <path>` and
+    /// `LIST` without argument. CWD takes its argument whole on every server we know; the
+    /// path is absolute, so BSD ftpd's `~` expansion of CWD arguments never applies. Every
+    /// other command sends absolute paths too, so the working directory left behind does
+    /// not matter.
     pub fn list_dir(
         &mut self,
         label: &str,
         path: &[u8],
         allow_stat: bool,
+        from_inside: bool,
     ) -> Result<(Format, Vec<Vec<u8>>)> {
         check_arg(label, path)?;
         let wire = bytes_to_wire(path);
         let what = || format!("listing {}", String::from_utf8_lossy(path));
-        let globby = path
-            .iter()
-            .any(|b| matches!(b, b'*' | b'?' | b'[' | b'{' | b'~'));
+        let inside = !self.feats.mlsd && (from_inside || list_from_inside(path));
         if allow_stat
             && !self.feats.mlsd
-            && !globby
+            && !inside
             && self.stat.load(Ordering::Relaxed) != STAT_REFUSED
             && let Some(lines) = self.stat_dir(label, &wire, &what)?
         {
@@ -244,8 +256,8 @@ impl Conn {
         }
         let (format, cmd) = if self.feats.mlsd {
             (Format::Mlsd, format!("MLSD {wire}"))
-        } else if globby {
-            // LIST arguments are globbed by many servers; CWD into such a directory instead.
+        } else if inside {
+            self.last_used = Instant::now();
             self.ftp
                 .cwd(&wire)
                 .map_err(|e| ftp_err(label, &what(), e))?;
@@ -414,6 +426,19 @@ fn connect_any(ep: &Endpoint) -> Result<(SocketAddr, TcpStream)> {
     })
 }
 
+/// Whether a LIST/STAT argument could be split or expanded by a server that passes it to
+/// `ls` (as words, options or glob patterns): anything but letters, digits, non-ASCII bytes
+/// and `/ . _ + , = @ % :` makes it so, and so does a `-` starting a component. Such a
+/// directory is listed from inside (CWD, then LIST without argument).
+pub fn list_from_inside(path: &[u8]) -> bool {
+    let odd_byte = |b: &u8| {
+        !(b.is_ascii_alphanumeric()
+            || *b >= 0x80
+            || matches!(b, b'/' | b'.' | b'_' | b'-' | b'+' | b',' | b'=' | b'@' | b'%' | b':'))
+    };
+    path.iter().any(odd_byte) || path.split(|&b| b == b'/').any(|c| c.starts_with(b"-"))
+}
+
 /// CR, LF and NUL in an argument would end the command early and inject another one.
 fn check_arg(label: &str, arg: &[u8]) -> Result<()> {
     if arg.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
@@ -515,6 +540,37 @@ mod tests {
             Kind::Invalid
         );
         assert!(check_arg("s", b"/pub/ok name").is_ok());
+    }
+
+    #[test]
+    fn paths_an_ls_could_split_or_expand_are_listed_from_inside() {
+        for odd in [
+            &b"/pub/sub dir"[..],
+            b"/pub/-dash",
+            b"/-x/y",
+            b"/pub/st*r",
+            b"/pub/q?",
+            b"/pub/a[b]c",
+            b"/pub/a]b",
+            b"/pub/h#sh",
+            b"/pub/back\\sl",
+            b"/pub/{a,b}",
+            b"/pub/~user",
+            b"/pub/it's",
+            b"/pub/a;b",
+            b"/pub/$HOME",
+        ] {
+            assert!(list_from_inside(odd), "{}", String::from_utf8_lossy(odd));
+        }
+        for plain in [
+            &b"/"[..],
+            b"/pub/mirror",
+            b"/pub/a-b_c.d+e,f=g@h%i:j",
+            b"/pub/caf\xc3\xa9",
+            b"/pub/x-",
+        ] {
+            assert!(!list_from_inside(plain), "{}", String::from_utf8_lossy(plain));
+        }
     }
 
     #[test]
