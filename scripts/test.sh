@@ -5,7 +5,9 @@
 #
 # installs what is missing (fuse3 vsftpd python3-pyftpdlib openssl curl,
 # procps, and gcc if there is no C compiler; apt-get update runs only if
-# something is missing), then runs rustfmt, clippy and the test suite.
+# something is missing), unpacks GNU inetutils ftpd and netkit ftpd under
+# target/test-servers (apt-get download + dpkg -x: they conflict with vsftpd
+# as packages), then runs rustfmt, clippy and the test suite.
 # Rust itself (rustup, >= 1.85 for edition 2024) must already be installed.
 # The integration tests start their own FTP servers on 127.0.0.1 and ::1 and
 # mount the filesystem on temp dirs; nothing outside the repository and
@@ -18,6 +20,7 @@ source scripts/lib/servers.sh
 
 ftpc_need_root
 ftpc_ensure_packages
+ftpc_ensure_ls_servers
 ftpc_ensure_cargo
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

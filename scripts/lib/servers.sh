@@ -27,6 +27,15 @@ ftpc_missing_packages() {
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v ps >/dev/null 2>&1 || missing+=(procps)
+    # GNU inetutils and netkit ftpd (unpacked by ftpc_ensure_ls_servers) run in a mount
+    # namespace of their own and need these libraries and PAM modules.
+    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    command -v mount >/dev/null 2>&1 || missing+=(mount)
+    ldconfig -p 2>/dev/null | grep -q 'libwrap\.so\.0' || missing+=(libwrap0)
+    ldconfig -p 2>/dev/null | grep -q 'libssl\.so\.3' || missing+=(libssl3)
+    ldconfig -p 2>/dev/null | grep -q 'libcrypt\.so\.1' || missing+=(libcrypt1)
+    compgen -G '/usr/lib/*/security/pam_ftp.so' >/dev/null ||
+        compgen -G '/lib/*/security/pam_ftp.so' >/dev/null || missing+=(libpam-modules)
     # A C compiler and linker: rustc links with cc, the ring crate compiles C.
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     printf '%s\n' "${missing[@]}"
@@ -67,6 +76,37 @@ ftpc_ensure_packages() {
     # vsftpd runs anonymous sessions as this user (the package creates it).
     id ftp >/dev/null 2>&1 || ftpc_die "user 'ftp' missing (normally created by the vsftpd package)"
     [ -e /dev/fuse ] || ftpc_die "/dev/fuse missing (load the fuse module / pass --device /dev/fuse)"
+}
+
+# Where ftpc_ensure_ls_servers unpacks servers; tests/common/ls_servers.rs looks there.
+FTPC_LS_SERVERS_DIR=target/test-servers
+
+# ftpc_ensure_ls_servers [DIR]: GNU inetutils ftpd (package inetutils-ftpd) and netkit
+# ftpd (ftpd-ssl, what Debian's "ftpd" package installs), the servers whose LIST runs
+# `ls`. Both conflict with vsftpd as packages (ftp-server), so they are not installed:
+# `apt-get download` + `dpkg -x` unpack them under DIR/<package> (default
+# $FTPC_LS_SERVERS_DIR, relative to the repository root). Nothing of them is started here.
+ftpc_ensure_ls_servers() {
+    local dir=${1:-$FTPC_LS_SERVERS_DIR} item pkg bin tmp
+    for item in inetutils-ftpd:usr/sbin/ftpd ftpd-ssl:usr/sbin/in.ftpd; do
+        pkg=${item%%:*}
+        bin=${item#*:}
+        [ -x "$dir/$pkg/$bin" ] && continue
+        ftpc_need_root
+        command -v apt-get >/dev/null 2>&1 || ftpc_die "need apt-get to fetch $pkg"
+        ftpc_log "unpacking $pkg into $dir/$pkg"
+        tmp=$(mktemp -d)
+        # apt-get download needs package lists: update once if it fails without.
+        if ! (cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>&1); then
+            DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null ||
+                ftpc_die "apt-get update failed"
+            (cd "$tmp" && apt-get download -q "$pkg") || ftpc_die "apt-get download $pkg failed"
+        fi
+        mkdir -p "$dir/$pkg"
+        dpkg -x "$tmp/$pkg"_*.deb "$dir/$pkg" || ftpc_die "dpkg -x $pkg failed"
+        rm -rf "$tmp"
+        [ -x "$dir/$pkg/$bin" ] || ftpc_die "$pkg has no $bin"
+    done
 }
 
 ftpc_ensure_cargo() {

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod ls_servers;
 
 use std::ffi::OsString;
 use std::fs;
