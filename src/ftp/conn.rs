@@ -434,7 +434,10 @@ pub fn list_from_inside(path: &[u8]) -> bool {
     let odd_byte = |b: &u8| {
         !(b.is_ascii_alphanumeric()
             || *b >= 0x80
-            || matches!(b, b'/' | b'.' | b'_' | b'-' | b'+' | b',' | b'=' | b'@' | b'%' | b':'))
+            || matches!(
+                b,
+                b'/' | b'.' | b'_' | b'-' | b'+' | b',' | b'=' | b'@' | b'%' | b':'
+            ))
     };
     path.iter().any(odd_byte) || path.split(|&b| b == b'/').any(|c| c.starts_with(b"-"))
 }
@@ -569,7 +572,11 @@ mod tests {
             b"/pub/caf\xc3\xa9",
             b"/pub/x-",
         ] {
-            assert!(!list_from_inside(plain), "{}", String::from_utf8_lossy(plain));
+            assert!(
+                !list_from_inside(plain),
+                "{}",
+                String::from_utf8_lossy(plain)
+            );
         }
     }
 

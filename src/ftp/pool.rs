@@ -445,9 +445,7 @@ impl Backend for FtpBackend {
         let label = server.label();
         let spath = server.server_path(path);
         let list = |allow_stat, from_inside| {
-            server.with_conn(prio, |c| {
-                c.list_dir(label, &spath, allow_stat, from_inside)
-            })
+            server.with_conn(prio, |c| c.list_dir(label, &spath, allow_stat, from_inside))
         };
         let first = match list(true, false) {
             // That connection was dropped (out of step); a data-connection listing has no limit.
@@ -472,7 +470,9 @@ impl Backend for FtpBackend {
                     parsed
                 }
             }
-            Err(e) if matches!(e.kind, Kind::NotFound | Kind::Protocol) && by_path(Format::List) => {
+            Err(e)
+                if matches!(e.kind, Kind::NotFound | Kind::Protocol) && by_path(Format::List) =>
+            {
                 log::debug!("{e}; listing it from inside");
                 let (format, lines) = list(false, true)?;
                 listing::parse_listing(&lines, format, SystemTime::now())
@@ -628,9 +628,13 @@ mod tests {
         assert_eq!(err.kind, Kind::Protocol);
         assert_eq!(err.errno(), libc::EIO);
         assert_eq!(err.log_level(), log::Level::Warn);
-        assert!(err.message.starts_with("srv:21: listing of /pub/sub dir:"), "{err}");
         assert!(
-            err.message.contains("\"/pub/sub: No such file or directory\""),
+            err.message.starts_with("srv:21: listing of /pub/sub dir:"),
+            "{err}"
+        );
+        assert!(
+            err.message
+                .contains("\"/pub/sub: No such file or directory\""),
             "{err}"
         );
     }
@@ -645,10 +649,7 @@ mod tests {
             b"drwxr-xr-x 2 0 0 4096 Jan 01 2024 ..",
         ]);
         assert_eq!(entries_of("s", b"d", dots).unwrap(), vec![]);
-        let mixed = parse(&[
-            b"garbage",
-            b"-rw-r--r-- 1 0 0 5 Jan 01 2024 ok.txt",
-        ]);
+        let mixed = parse(&[b"garbage", b"-rw-r--r-- 1 0 0 5 Jan 01 2024 ok.txt"]);
         let entries = entries_of("s", b"d", mixed).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].name, b"ok.txt");

@@ -95,9 +95,10 @@ impl LsKind {
         let path = repo.join("target/test-servers").join(pkg).join(bin);
         if !path.is_file() {
             run_ok(
-                Command::new("bash")
-                    .current_dir(repo)
-                    .args(["-c", "source scripts/lib/servers.sh && ftpc_ensure_ls_servers"]),
+                Command::new("bash").current_dir(repo).args([
+                    "-c",
+                    "source scripts/lib/servers.sh && ftpc_ensure_ls_servers",
+                ]),
                 Duration::from_secs(300),
             );
         }
@@ -266,7 +267,8 @@ impl LsFtpd {
     fn probe(&self) -> Result<(), String> {
         let deadline = Instant::now() + PROBE_LIMIT;
         let s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(PROBE_LIMIT)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(PROBE_LIMIT))
+            .map_err(|e| e.to_string())?;
         let mut w = s.try_clone().map_err(|e| e.to_string())?;
         let mut r = BufReader::new(s);
         let mut reply = || -> Result<String, String> {
@@ -300,7 +302,10 @@ impl LsFtpd {
                 .map_err(|e| e.to_string())?;
             let got = reply()?;
             if !got.starts_with(want) {
-                return Err(format!("{} answered {got:?}", cmd.split(' ').next().unwrap_or("")));
+                return Err(format!(
+                    "{} answered {got:?}",
+                    cmd.split(' ').next().unwrap_or("")
+                ));
             }
         }
         Ok(())
@@ -412,6 +417,18 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
+/// Run inside the server's new mount namespace, as `sh -c SCRIPT sh PASSWD SHADOW PAM_D
+/// SERVER`: first lazily unmount the namespace's copies of every FUSE mount (ours and anyone
+/// else's: with private propagation a copy would outlive the real unmount and keep that
+/// filesystem's daemon waiting for as long as the server runs), then put our user files in
+/// place and become the server. Mountinfo escapes a space as `\040`, which `%b` decodes.
+const NAMESPACE_SCRIPT: &str = r#"mounts=$(cat /proc/self/mountinfo)
+printf '%s\n' "$mounts" | while read -r _ _ _ _ target rest; do
+    case " $rest" in *" - fuse"*) umount -l "$(printf '%b' "$target")" 2>/dev/null ;; esac
+done
+mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/shadow &&
+    mount --bind "$3" /etc/pam.d && shift 3 && exec "$@""#;
+
 /// One server process for one client, behind a relay.
 fn start_session(shared: &Arc<Shared>, client: TcpStream, n: usize) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
@@ -426,10 +443,7 @@ fn start_session(shared: &Arc<Shared>, client: TcpStream, n: usize) -> std::io::
         .open(&shared.output)?;
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(
-            "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/shadow && \
-             mount --bind \"$3\" /etc/pam.d && shift 3 && exec \"$@\"",
-        )
+        .arg(NAMESPACE_SCRIPT)
         .arg("sh")
         .arg(&shared.passwd)
         .arg(&shared.shadow)
@@ -483,8 +497,8 @@ fn relay(shared: &Shared, session: &str, mut from: TcpStream, mut to: TcpStream,
         // Log before passing on: the next command cannot arrive before its reply is logged.
         for &b in &buf[..n] {
             if b == b'\n' {
-                let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line))
-                    .into_owned();
+                let text =
+                    String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned();
                 let mut log = lock(&shared.log);
                 if commands {
                     log.command(session, &text);
