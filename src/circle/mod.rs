@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod merge;
+pub mod mirrors;
 pub mod prefetch;
 pub mod reader;
 
@@ -188,6 +189,8 @@ pub struct Circle {
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     conflicts_logged: Mutex<HashSet<Vec<u8>>>,
+    /// Copies found different by content, and file hashes (see [`mirrors`]).
+    mirrors: Arc<mirrors::Mirrors>,
     queue: Arc<Queue>,
     prefetched: FileCache,
 }
@@ -224,6 +227,7 @@ impl Circle {
             next_fh: AtomicU64::new(1),
             mounted_at: now,
             conflicts_logged: Mutex::new(HashSet::new()),
+            mirrors: Arc::default(),
             queue: Arc::new(Queue::default()),
             prefetched: FileCache::default(),
         }
@@ -373,8 +377,8 @@ impl Circle {
         let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         match node.kind {
             NodeKind::File => {}
-            NodeKind::Dir(_) => return Err(Error::new(Kind::Invalid, "is a directory")),
-            NodeKind::Symlink(_) => return Err(Error::new(Kind::Invalid, "is a symlink")),
+            NodeKind::Dir(_) => return Err(Error::new(Kind::IsDir, "is a directory")),
+            NodeKind::Symlink(_) => return Err(Error::new(Kind::IsSymlink, "is a symlink")),
         }
         let sources = node.sources.iter().collect();
         Ok((Self::path_of(&nodes, ino), node.size, sources))
@@ -410,7 +414,7 @@ impl Circle {
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let ino = match &nodes.get(parent).ok_or_else(Error::not_found)?.kind {
             NodeKind::Dir(d) => nodes.child(d, name).ok_or_else(Error::not_found)?,
-            _ => return Err(Error::new(Kind::NotFound, "not a directory")),
+            _ => return Err(Error::new(Kind::NotDir, "not a directory")),
         };
         let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         Ok(self.attr_of(ino, node))
@@ -421,7 +425,7 @@ impl Circle {
         self.refresh(ino, Priority::Foreground, prefetch::DIR_DEPTH)?;
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let NodeKind::Dir(d) = &nodes.get(ino).ok_or_else(Error::not_found)?.kind else {
-            return Err(Error::new(Kind::Invalid, "not a directory"));
+            return Err(Error::new(Kind::NotDir, "not a directory"));
         };
         Ok(d.order
             .iter()
@@ -471,6 +475,7 @@ impl Circle {
             size,
             sources,
             self.opts.max_wait,
+            Arc::clone(&self.mirrors),
         );
         if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {
             if let Some(data) = self.prefetched.take(ino, self.opts.max_wait)
@@ -494,10 +499,13 @@ impl Circle {
             .map_err(|_| lock_err())?
             .get(&fh)
             .cloned()
-            .ok_or_else(|| Error::new(Kind::Invalid, "bad file handle"))?;
+            .ok_or_else(|| Error::new(Kind::BadHandle, "bad file handle"))?;
         let res = file.read(off, len);
         if let Err(e) = &res
-            && matches!(e.kind, Kind::Stale | Kind::Unavailable | Kind::Protocol)
+            && matches!(
+                e.kind,
+                Kind::Stale | Kind::Unavailable | Kind::Protocol | Kind::Mismatch
+            )
         {
             // The file may have changed on the server: list its directory again next time.
             self.invalidate_parent(file.ino, file.path());
@@ -633,7 +641,7 @@ impl Circle {
             let nodes = self.nodes.read().map_err(|_| lock_err())?;
             let node = nodes.get(ino).ok_or_else(Error::not_found)?;
             let NodeKind::Dir(d) = &node.kind else {
-                return Err(Error::new(Kind::NotFound, "not a directory"));
+                return Err(Error::new(Kind::NotDir, "not a directory"));
             };
             if d.expires.is_some_and(|e| Instant::now() < e) {
                 return Ok(());
@@ -661,7 +669,19 @@ impl Circle {
         {
             return Err(e);
         }
-        let (merged, conflicts) = merge::merge(&ok);
+        let none_found = self.mirrors.none_found();
+        let differ = |name: &[u8], a: usize, b: usize| {
+            if none_found {
+                return false;
+            }
+            let full = if path.is_empty() {
+                name.to_vec()
+            } else {
+                [&path[..], name].join(&b'/')
+            };
+            self.mirrors.differ(&full, a, b)
+        };
+        let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
         let expires = Instant::now()
             + if first_err.is_some() {

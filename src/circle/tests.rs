@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::*;
-use crate::backend::ByteStream;
+use crate::backend::{ByteStream, HashAlgo, LinkTargets};
 use crate::ftp::listing::{EntryKind, RawEntry};
 
 #[derive(Default)]
@@ -17,6 +17,11 @@ struct MockServer {
     drop_after: Option<usize>,
     no_rest: bool,
     down: bool,
+    /// Directory -> its `ls -l` symlink targets (name, target), for listings that name
+    /// symlinks without target (proftpd's MLSD).
+    link_targets: HashMap<Vec<u8>, LinkTargets>,
+    /// Hash algorithms offered ([`HashAlgo::bit`]s).
+    hash_algos: u8,
 }
 
 #[derive(Default)]
@@ -24,6 +29,10 @@ struct Mock {
     servers: Vec<MockServer>,
     lists: Mutex<HashMap<(usize, Vec<u8>), usize>>,
     opens: Mutex<Vec<(usize, u64)>>,
+    /// (server, directory) of every `symlink_targets` call.
+    target_lists: Mutex<Vec<(usize, Vec<u8>)>>,
+    /// (server, path) of every hash asked.
+    hashes: Mutex<Vec<(usize, Vec<u8>)>>,
 }
 
 impl Mock {
@@ -89,6 +98,30 @@ impl Backend for Mock {
         }
         srv.dirs.get(path).cloned().ok_or_else(Error::not_found)
     }
+    fn hash_algos(&self, s: usize) -> u8 {
+        self.servers[s].hash_algos
+    }
+    fn hash(&self, s: usize, path: &[u8], algo: HashAlgo, _prio: Priority) -> Result<Vec<u8>> {
+        self.hashes.lock().unwrap().push((s, path.to_vec()));
+        let srv = &self.servers[s];
+        if srv.down || srv.hash_algos & algo.bit() == 0 {
+            return Err(Error::new(Kind::Protocol, "no hash"));
+        }
+        let data = srv.files.get(path).ok_or_else(Error::not_found)?;
+        // Not a real SHA-256: any function of all the bytes serves the test (FNV-1a).
+        let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        Ok(format!("{h:016x}").into_bytes())
+    }
+    fn symlink_targets(&self, s: usize, path: &[u8], _prio: Priority) -> Result<LinkTargets> {
+        self.target_lists.lock().unwrap().push((s, path.to_vec()));
+        let srv = &self.servers[s];
+        if srv.down {
+            return Err(Error::new(Kind::Timeout, "timed out"));
+        }
+        Ok(srv.link_targets.get(path).cloned().unwrap_or_default())
+    }
     fn open(
         &self,
         s: usize,
@@ -119,6 +152,7 @@ fn file(name: &str, size: usize) -> RawEntry {
         kind: EntryKind::File,
         size: size as u64,
         mtime: None,
+        mtime_precision: Default::default(),
     }
 }
 fn dir(name: &str) -> RawEntry {
@@ -127,6 +161,7 @@ fn dir(name: &str) -> RawEntry {
         kind: EntryKind::Dir,
         size: 0,
         mtime: None,
+        mtime_precision: Default::default(),
     }
 }
 
@@ -349,12 +384,13 @@ fn absolute_symlinks_point_inside_the_mount() {
             kind: EntryKind::Symlink(b"/pub/a".to_vec()),
             size: 6,
             mtime: None,
+            mtime_precision: Default::default(),
         });
     let (_mock, c) = circle(m, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let ln = c.lookup(pub_, b"ln").unwrap();
     assert_eq!(ln.kind, FileKind::Symlink);
-    assert_eq!(c.readlink(ln.ino).unwrap(), b"../pub/a");
+    assert_eq!(c.readlink(ln.ino).unwrap(), b"a");
 }
 
 #[test]
@@ -368,4 +404,280 @@ fn keep_cache_only_after_an_open_of_the_same_version() {
     let (fh, keep) = c.open(a).unwrap();
     assert!(keep, "same size and mtime: keep the kernel's pages");
     c.release(fh);
+}
+
+fn link(name: &str, target: &str) -> RawEntry {
+    RawEntry {
+        kind: EntryKind::Symlink(target.into()),
+        ..file(name, 0)
+    }
+}
+
+/// proftpd: MLSD names symlinks without target; its `ls -l` listing gives them.
+fn proftpd_like() -> Mock {
+    let mut s0 = MockServer::default();
+    s0.dirs.insert(
+        b"".to_vec(),
+        vec![dir("pub"), dir("plain"), link("top", "")],
+    );
+    s0.dirs.insert(
+        b"pub".to_vec(),
+        vec![
+            file("f", 1),
+            link("rel", ""),
+            link("abs", ""),
+            link("evil", ""),
+            link("lost", ""),
+            link("given", "f"),
+        ],
+    );
+    s0.dirs.insert(b"plain".to_vec(), vec![file("x", 1)]);
+    s0.link_targets.insert(
+        b"pub".to_vec(),
+        vec![
+            (b"rel".to_vec(), b"f".to_vec()),
+            (b"abs".to_vec(), b"/pub/f".to_vec()),
+            (b"evil".to_vec(), b"../../../../../../etc/passwd".to_vec()),
+            (b"given".to_vec(), b"other".to_vec()),
+        ],
+    );
+    s0.link_targets
+        .insert(b"".to_vec(), vec![(b"top".to_vec(), b"pub".to_vec())]);
+    Mock {
+        servers: vec![s0],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn symlinks_without_target_are_resolved_with_one_listing_per_directory() {
+    let (mock, c) = circle(proftpd_like(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, ROOT), ["plain", "pub", "top"]);
+    assert_eq!(names(&c, pub_), ["abs", "evil", "f", "given", "rel"]);
+    let target = |name: &[u8]| {
+        let a = c.lookup(pub_, name).unwrap();
+        assert_eq!(a.kind, FileKind::Symlink, "{name:?}");
+        assert_eq!(a.size, c.readlink(a.ino).unwrap().len() as u64);
+        String::from_utf8(c.readlink(a.ino).unwrap()).unwrap()
+    };
+    assert_eq!(target(b"rel"), "f");
+    assert_eq!(target(b"abs"), "f");
+    assert_eq!(target(b"evil"), "../etc/passwd", "stays inside the mount");
+    assert_eq!(target(b"given"), "f", "a target MLSD gave is kept");
+    // Unresolvable: left out, never a file that gives EIO.
+    assert_eq!(c.lookup(pub_, b"lost").unwrap_err().kind, Kind::NotFound);
+    let top = c.lookup(ROOT, b"top").unwrap();
+    assert_eq!(c.readlink(top.ino).unwrap(), b"pub");
+    // Cached like the listing: more lookups and readdirs cost nothing.
+    for _ in 0..5 {
+        names(&c, pub_);
+        target(b"rel");
+    }
+    let calls = mock.target_lists.lock().unwrap().clone();
+    assert_eq!(calls, [(0, b"".to_vec()), (0, b"pub".to_vec())]);
+    // A directory whose listing has every target costs no extra listing.
+    let plain = c.lookup(ROOT, b"plain").unwrap().ino;
+    assert_eq!(names(&c, plain), ["x"]);
+    assert_eq!(mock.lists_of(0, b"plain"), 1);
+    assert_eq!(mock.target_lists.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn symlink_targets_are_fetched_again_with_the_listing() {
+    let (mock, c) = circle(proftpd_like(), Duration::ZERO);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    for _ in 0..3 {
+        names(&c, pub_);
+    }
+    let lists = mock.lists_of(0, b"pub");
+    let targets = mock
+        .target_lists
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| p == b"pub")
+        .count();
+    assert_eq!(targets, lists, "one target listing per listing, no more");
+}
+
+#[test]
+fn errors_carry_the_errno_posix_tools_expect() {
+    let (_mock, c) = circle(two_servers(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    let errno = |r: Result<()>| r.unwrap_err().errno();
+    // A path through a file.
+    assert_eq!(errno(c.lookup(a, b"x").map(drop)), libc::ENOTDIR);
+    assert_eq!(errno(c.readdir(a).map(drop)), libc::ENOTDIR);
+    // A directory opened as a file.
+    assert_eq!(errno(c.open(pub_).map(drop)), libc::EISDIR);
+    // A handle never given out, or released.
+    assert_eq!(errno(c.read(9999, 0, 10).map(drop)), libc::EBADF);
+    let (fh, _) = c.open(a).unwrap();
+    c.release(fh);
+    assert_eq!(errno(c.read(fh, 0, 10).map(drop)), libc::EBADF);
+    // A name that does not exist, and readlink of a file.
+    assert_eq!(errno(c.lookup(pub_, b"nope").map(drop)), libc::ENOENT);
+    assert_eq!(errno(c.readlink(a).map(drop)), libc::EINVAL);
+}
+
+/// Two servers with `pub/x.bin` of the same size: s0's copy is `x`, s1's is `other`; s0's
+/// transfers break after 1 MB.
+fn two_copies(x: Vec<u8>, other: Vec<u8>) -> Mock {
+    assert_eq!(x.len(), other.len());
+    let mut m = Mock::default();
+    for (i, data) in [x, other].into_iter().enumerate() {
+        let mut srv = MockServer::default();
+        srv.dirs.insert(b"".to_vec(), vec![dir("pub")]);
+        srv.dirs
+            .insert(b"pub".to_vec(), vec![file("x.bin", data.len())]);
+        srv.files.insert(b"pub/x.bin".to_vec(), data);
+        if i == 0 {
+            srv.drop_after = Some(1_000_000);
+        }
+        m.servers.push(srv);
+    }
+    m
+}
+
+/// Read the whole file in 128 KiB requests; what arrived and how it ended.
+fn read_until_error(c: &Circle, ino: u64) -> (Vec<u8>, Result<()>) {
+    let (fh, _) = c.open(ino).unwrap();
+    let mut out = Vec::new();
+    // Bounded by the file size: each turn reads at least one byte, ends or fails.
+    let res = loop {
+        match c.read(fh, out.len() as u64, 128 * 1024) {
+            Ok(d) if d.as_slice().is_empty() => break Ok(()),
+            Ok(d) => out.extend_from_slice(d.as_slice()),
+            Err(e) => break Err(e),
+        }
+    };
+    c.release(fh);
+    (out, res)
+}
+
+#[test]
+fn splicing_a_copy_checks_the_bytes_just_before_the_splice() {
+    let data = bytes(3_000_000, 7);
+    let (mock, c) = circle(
+        two_copies(data.clone(), data.clone()),
+        Duration::from_secs(60),
+    );
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), data);
+    let opens = mock.opens.lock().unwrap().clone();
+    assert_eq!(opens[0], (0, 0));
+    let on_s1: Vec<u64> = opens.iter().filter(|o| o.0 == 1).map(|o| o.1).collect();
+    assert_eq!(
+        on_s1,
+        [1_000_000 - reader::OVERLAP as u64],
+        "the mirror starts {} bytes before the splice: {opens:?}",
+        reader::OVERLAP
+    );
+}
+
+#[test]
+fn splicing_a_copy_with_other_bytes_fails_and_never_mixes() {
+    let data = bytes(3_000_000, 7);
+    let other = bytes(3_000_000, 8);
+    let (mock, c) = circle(two_copies(data.clone(), other), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    let err = res.unwrap_err();
+    assert_eq!(
+        (err.kind, err.errno()),
+        (Kind::Mismatch, libc::EIO),
+        "{err}"
+    );
+    assert!(
+        got.len() <= 1_000_000 && data.starts_with(&got),
+        "{} bytes before the error, not all from the first copy",
+        got.len()
+    );
+    // Never mirrors again: the merge now hides s1's copy, reads never go there.
+    let before = mock.opens.lock().unwrap().len();
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert!(
+        res.is_err(),
+        "s0 still breaks after 1 MB and has no mirror now"
+    );
+    assert!(data.starts_with(&got));
+    let opens = mock.opens.lock().unwrap()[before..].to_vec();
+    assert!(opens.iter().all(|o| o.0 == 0), "{opens:?}");
+    assert!(c.mirrors.differ(b"pub/x.bin", 1, 0));
+}
+
+#[test]
+fn hashes_refute_copies_that_agree_at_the_splice() {
+    // The copies differ far from the splice: the overlap alone cannot tell.
+    let data = bytes(3_000_000, 7);
+    let mut other = data.clone();
+    other[2_500_000] ^= 1;
+    let sha = HashAlgo::Sha256.bit();
+    let mut m = two_copies(data.clone(), other.clone());
+    m.servers[0].hash_algos = sha | HashAlgo::Md5.bit();
+    m.servers[1].hash_algos = sha;
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert_eq!(res.unwrap_err().kind, Kind::Mismatch);
+    assert!(data.starts_with(&got));
+    let asked = mock.hashes.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        [(0, b"pub/x.bin".to_vec()), (1, b"pub/x.bin".to_vec())]
+    );
+
+    // Without a common algorithm the splice check is all there is, and a difference away
+    // from the splice point goes unseen (the documented limit).
+    let mut m = two_copies(data.clone(), other.clone());
+    m.servers[0].hash_algos = HashAlgo::Md5.bit();
+    m.servers[1].hash_algos = sha;
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), other);
+    assert!(mock.hashes.lock().unwrap().is_empty());
+}
+
+#[test]
+fn equal_hashes_are_asked_once_and_reused() {
+    let data = bytes(3_000_000, 7);
+    let mut m = two_copies(data.clone(), data.clone());
+    m.servers[0].hash_algos = HashAlgo::Sha1.bit();
+    m.servers[1].hash_algos = HashAlgo::Sha1.bit();
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    for _ in 0..3 {
+        assert_eq!(read_all(&c, x).unwrap(), data);
+    }
+    assert_eq!(mock.hashes.lock().unwrap().len(), 2, "one per server");
+}
+
+#[test]
+fn a_splice_onto_a_copy_without_rest_reads_up_to_the_overlap() {
+    let data = bytes(3_000_000, 7);
+    let mut m = two_copies(data.clone(), data.clone());
+    m.servers[1].no_rest = true;
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), data);
+
+    let mut other = data.clone();
+    other[1_000_000 - 10] ^= 0xff;
+    let mut m = two_copies(data.clone(), other);
+    m.servers[1].no_rest = true;
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert_eq!(res.unwrap_err().kind, Kind::Mismatch);
+    assert!(data.starts_with(&got));
 }

@@ -3,9 +3,8 @@
 //!
 //! How they run (see the README, "Tests"):
 //! * binaries: Debian's `inetutils-ftpd` and `ftpd-ssl` (what the `ftpd` package installs),
-//!   unpacked by `ftpc_ensure_ls_servers` of scripts/lib/servers.sh under
-//!   `target/test-servers/<package>` (they conflict with vsftpd as packages); started here
-//!   if missing;
+//!   unpacked with proftpd and pure-ftpd by scripts/ftp-servers.sh (`apt-get download` +
+//!   `dpkg -x`: they conflict with vsftpd as packages), see [`super::unpacked`];
 //! * inetd mode: [`LsFtpd`] listens on 127.0.0.1 itself and starts one server process per
 //!   connection with the connection on stdin/stdout. Neither server has a port option, and
 //!   `-D` would bind every interface and detach;
@@ -88,22 +87,31 @@ impl LsKind {
         }
     }
 
-    /// The unpacked binary; unpacks both servers (scripts/lib/servers.sh) if it is missing.
+    /// The unpacked binary (next to proftpd and pure-ftpd, see [`super::unpacked`]); runs
+    /// scripts/ftp-servers.sh if a cache made before these servers were added lacks it.
     pub fn binary(self) -> PathBuf {
-        let (pkg, bin) = self.package();
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let path = repo.join("target/test-servers").join(pkg).join(bin);
+        let (_, bin) = self.package();
+        let path = super::unpacked::servers_root().join(bin);
         if !path.is_file() {
-            run_ok(
-                Command::new("bash").current_dir(repo).args([
-                    "-c",
-                    "source scripts/lib/servers.sh && ftpc_ensure_ls_servers",
-                ]),
-                Duration::from_secs(300),
-            );
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ftp-servers.sh");
+            let mut cmd = Command::new("bash");
+            cmd.arg(script);
+            if let Some(root) = super::unpacked::servers_root().parent() {
+                cmd.env("FTPCIRCLE_SERVERS_DIR", root);
+            }
+            run_ok(&mut cmd, Duration::from_secs(600));
         }
         assert!(path.is_file(), "{} missing after unpacking", path.display());
         path
+    }
+
+    /// Where the libraries unpacked with the servers are (those not installed).
+    fn lib_path() -> String {
+        let r = super::unpacked::servers_root();
+        format!(
+            "{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu",
+            r.display()
+        )
     }
 }
 
@@ -449,6 +457,7 @@ fn start_session(shared: &Arc<Shared>, client: TcpStream, n: usize) -> std::io::
         .arg(&shared.shadow)
         .arg(&shared.pam)
         .arg(&shared.binary)
+        .env("LD_LIBRARY_PATH", LsKind::lib_path())
         .stdin(Stdio::from(OwnedFd::from(server_side.try_clone()?)))
         .stdout(Stdio::from(OwnedFd::from(server_side)))
         .stderr(Stdio::from(out))

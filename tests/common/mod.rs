@@ -15,6 +15,9 @@
 
 pub mod fake;
 pub mod ls_servers;
+pub mod unpacked;
+
+pub use unpacked::{parse_proftpd_log, parse_pureftpd_log};
 
 use std::ffi::OsString;
 use std::fs;
@@ -565,6 +568,24 @@ pub enum ServerKind {
     VsftpdImplicitTls,
     /// pyftpdlib, plain FTP, user account, MLSD available.
     Pyftpdlib,
+    /// proftpd, plain FTP, anonymous, MLSD.
+    Proftpd,
+    /// proftpd with mod_tls, explicit FTPS required, anonymous, MLSD.
+    ProftpdTls,
+    /// pure-ftpd, plain FTP, one virtual user, MLSD.
+    PureFtpd,
+    /// pure-ftpd, TLS required on control and data, one virtual user, MLSD.
+    PureFtpdTls,
+}
+
+impl ServerKind {
+    /// Whether the serverlist line asks for explicit FTPS (AUTH TLS).
+    pub fn explicit_tls(self) -> bool {
+        matches!(
+            self,
+            ServerKind::VsftpdTls | ServerKind::ProftpdTls | ServerKind::PureFtpdTls
+        )
+    }
 }
 
 /// One command a server received and the first reply it sent to it.
@@ -607,6 +628,19 @@ impl Exchange {
     }
 }
 
+/// FTP verbs that change something on a server: the one list every test
+/// checks server logs against (tests/common/fake.rs must hold the same list;
+/// tests/servers.rs checks that it does).
+pub const WRITE_VERBS: &[&str] = &[
+    "STOR", "STOU", "APPE", "DELE", "MKD", "XMKD", "RMD", "XRMD", "RNFR", "RNTO", "SITE", "MFMT",
+    "MFF", "SMNT",
+];
+
+/// Whether `verb` (any case) is in [`WRITE_VERBS`].
+pub fn is_write_verb(verb: &str) -> bool {
+    WRITE_VERBS.iter().any(|w| w.eq_ignore_ascii_case(verb))
+}
+
 /// A real FTP server on loopback, killed (with its whole process group) and
 /// reaped on drop.
 pub struct FtpServer {
@@ -620,6 +654,8 @@ pub struct FtpServer {
     log: PathBuf,
     output: PathBuf,
     child: Option<Child>,
+    /// pure-ftpd's log receiver (stops after the server is killed).
+    syslog: Option<unpacked::SyslogSink>,
     // Config, logs, empty chroot dir.  Dropped after the process is killed.
     work: TempDir,
 }
@@ -705,6 +741,7 @@ impl FtpServer {
             log,
             output,
             child: Some(child),
+            syslog: None,
             work,
         }
     }
@@ -816,6 +853,7 @@ impl FtpServer {
             log,
             output,
             child: Some(child),
+            syslog: None,
             work,
         }
     }
@@ -841,9 +879,9 @@ impl FtpServer {
             None => (String::new(), String::new()),
         };
         let tls = match self.kind {
-            ServerKind::Vsftpd | ServerKind::Pyftpdlib => "0",
-            ServerKind::VsftpdTls => "1",
             ServerKind::VsftpdImplicitTls => "implicit",
+            k if k.explicit_tls() => "1",
+            _ => "0",
         };
         format!("{}{},{},{},{}", self.addr(), base, user, pass, tls)
     }
@@ -876,7 +914,11 @@ impl FtpServer {
         let text = self.commands_log();
         match self.kind {
             ServerKind::Pyftpdlib => parse_pyftpdlib_log(&text),
-            _ => parse_vsftpd_log(&text),
+            ServerKind::Proftpd | ServerKind::ProftpdTls => parse_proftpd_log(&text),
+            ServerKind::PureFtpd | ServerKind::PureFtpdTls => parse_pureftpd_log(&text),
+            ServerKind::Vsftpd | ServerKind::VsftpdTls | ServerKind::VsftpdImplicitTls => {
+                parse_vsftpd_log(&text)
+            }
         }
     }
 
@@ -896,6 +938,52 @@ impl FtpServer {
     /// Number of directory listings the server served (LIST/NLST/MLSD/STAT path).
     pub fn listing_count(&self) -> usize {
         self.exchanges().iter().filter(|e| e.is_listing()).count()
+    }
+
+    /// Whether the log shows a successful login (reply 230).  vsftpd logs
+    /// the 230 from another process than the USER it answers, so for it any
+    /// logged 230 reply counts.
+    pub fn saw_login(&self) -> bool {
+        let exchanges = self.exchanges();
+        let paired = exchanges.iter().any(|e| e.reply == Some(230));
+        let vsftpd = matches!(
+            self.kind,
+            ServerKind::Vsftpd | ServerKind::VsftpdTls | ServerKind::VsftpdImplicitTls
+        );
+        let unpaired = vsftpd
+            && self
+                .commands_log()
+                .contains("FTP response: Client \"127.0.0.1\", \"230 ");
+        exchanges.iter().any(|e| e.verb() == "USER") && (paired || unpaired)
+    }
+
+    /// `Ok` if this server saw a logged-in session (so its log is read and
+    /// parsed at all) and received no command in [`WRITE_VERBS`].
+    pub fn check_no_write_commands(&self) -> Result<(), String> {
+        if !self.saw_login() {
+            return Err(format!(
+                "no successful login in the server's log; cannot check it for writes:\n{}",
+                self.commands_log()
+            ));
+        }
+        let bad: Vec<String> = self
+            .exchanges()
+            .into_iter()
+            .filter(|e| is_write_verb(&e.verb()))
+            .map(|e| e.command)
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("received write commands: {bad:?}"))
+        }
+    }
+
+    /// Panics unless [`FtpServer::check_no_write_commands`] is `Ok`.
+    pub fn assert_no_write_commands(&self, name: &str) {
+        if let Err(e) = self.check_no_write_commands() {
+            panic!("{name}: {e}");
+        }
     }
 
     /// Whether the server process is still running.
