@@ -21,6 +21,7 @@
 mod common;
 
 use common::fake::{FakeConfig, FakeFtp, FakeNode};
+use common::ls_servers::LsFtpd;
 use common::{
     FtpServer, Mount, MountOptions, TempDir, TestCert, is_write_verb, mkdir_p, now_secs,
     pseudo_random_bytes, run_timeout, set_mtime, symlink, utc_secs, write_file,
@@ -122,6 +123,18 @@ const SERVERS: &[Row] = &[
         ),
     },
     Row {
+        name: "inetutils-ftpd",
+        start: |t, r, _| Served::ls(t, r, LsFtpd::inetutils),
+        mtime: Mtime::UnixList,
+        symlinks: Support::Yes,
+    },
+    Row {
+        name: "netkit-ftpd",
+        start: |t, r, _| Served::ls(t, r, LsFtpd::netkit),
+        mtime: Mtime::UnixList,
+        symlinks: Support::Yes,
+    },
+    Row {
         name: "dos-iis",
         start: |t, _, _| Served::dos(t),
         mtime: Mtime::Minute,
@@ -132,6 +145,8 @@ const SERVERS: &[Row] = &[
 /// A running server of a row.
 enum Served {
     Real(FtpServer),
+    /// GNU inetutils or netkit ftpd (tests/common/ls_servers.rs).
+    Ls(LsFtpd),
     Fake(FakeFtp),
 }
 
@@ -140,6 +155,12 @@ impl Served {
     fn real(tree: &Tree, root: &Path, start: impl FnOnce(&Path) -> FtpServer) -> Served {
         materialize(tree, root);
         Served::Real(start(root))
+    }
+
+    /// Writes the tree to `root` and starts an inetutils or netkit ftpd on it.
+    fn ls(tree: &Tree, root: &Path, start: impl FnOnce(&Path) -> LsFtpd) -> Served {
+        materialize(tree, root);
+        Served::Ls(start(root))
     }
 
     /// The hand-written fake answering LIST with DOS/IIS lines for `tree`.
@@ -176,6 +197,7 @@ impl Served {
     fn line(&self) -> String {
         match self {
             Served::Real(s) => s.line(),
+            Served::Ls(s) => s.line(),
             Served::Fake(f) => f.line(),
         }
     }
@@ -184,6 +206,7 @@ impl Served {
     fn check_no_writes(&self) -> Result<String, String> {
         let r = match self {
             Served::Real(s) => s.check_no_write_commands(),
+            Served::Ls(s) => s.check_no_write_commands(),
             Served::Fake(f) => {
                 let verbs = f.verbs();
                 if !verbs.iter().any(|v| v == "PASS") {

@@ -365,6 +365,28 @@ impl LsFtpd {
         self.exchanges().iter().filter(|e| e.is_listing()).count()
     }
 
+    /// Ok if the server saw a successful login and no write command (as
+    /// [`super::FtpServer::check_no_write_commands`]).
+    pub fn check_no_write_commands(&self) -> Result<(), String> {
+        let ex = self.exchanges();
+        if !ex.iter().any(|e| e.verb() == "PASS" && e.reply == Some(230)) {
+            return Err(format!(
+                "no successful login in the relay's log; cannot check it for writes:\n{}",
+                self.commands_log()
+            ));
+        }
+        let bad: Vec<String> = ex
+            .into_iter()
+            .filter(|e| super::is_write_verb(&e.verb()))
+            .map(|e| e.command)
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("received write commands: {bad:?}"))
+        }
+    }
+
     /// Stops accepting, ends every session and kills every server process.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
