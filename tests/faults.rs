@@ -619,6 +619,69 @@ fn server_dying_mid_read_falls_back_to_mirror() {
     assert_server_read_only(&vs.srv);
 }
 
+/// Two copies of the same size and date but different contents (a rebuilt image on one
+/// mirror): the first dies mid-read. The read is either one copy whole or EIO with a prefix of
+/// one copy, never bytes of both; and so is every read after it.
+#[test]
+fn failover_between_different_copies_never_mixes_bytes() {
+    let first = pseudo_random_bytes(70, 3 * MIB);
+    let second = pseudo_random_bytes(71, 3 * MIB);
+    // A mirror of the same bytes as a control: the failover itself works.
+    for (what, mirror) in [("different copy", &second), ("same copy", &first)] {
+        let fake = FakeFtp::start(FakeConfig {
+            drop_retr_after: Some(MIB as u64),
+            die_after_drop: true,
+            ..FakeConfig::new().file("x.bin", first.clone())
+        });
+        let vs = vsftpd(&[("x.bin", mirror)]);
+        let list = format!("{}\n{}\n", fake.line(), vs.srv.line());
+        let m = Mount::start(&list, &opts());
+        let mut c = Checks::default();
+        let one_copy = |got: &[u8], r: &io::Result<()>| match r {
+            Ok(()) => got == first || got == *mirror,
+            Err(e) => {
+                e.raw_os_error() == Some(libc::EIO)
+                    && (first.starts_with(got) || mirror.starts_with(got))
+            }
+        };
+        let (got, r) = read_all(&m.join("x.bin"));
+        c.check(one_copy(&got, &r), || {
+            format!(
+                "{what}: first read: {} bytes, {r:?}: mixed or wrong",
+                got.len()
+            )
+        });
+        c.check(fake.verbs().iter().any(|v| v == "RETR"), || {
+            format!("{what}: the fake (priority 1) was never asked for the file")
+        });
+        // Only the whole-file case leaves a mixed page cache possible: read again.
+        for round in 0..2 {
+            let (got, r) = read_all(&m.join("x.bin"));
+            c.check(one_copy(&got, &r), || {
+                format!("{what}: read {round} after: {} bytes, {r:?}", got.len())
+            });
+        }
+        let log = m.log();
+        if what == "different copy" {
+            c.check(log.contains("differ"), || {
+                format!("{what}: the log should say the copies differ:\n{log}")
+            });
+        } else {
+            c.check(r.is_ok() && got == first, || {
+                format!(
+                    "{what}: failover to an identical copy: {} bytes, {r:?}",
+                    got.len()
+                )
+            });
+            c.check(!log.contains("differ"), || {
+                format!("{what}: identical copies found different:\n{log}")
+            });
+        }
+        c.server_read_only(&vs.srv);
+        c.finish();
+    }
+}
+
 /// Reading must fail with EIO, and what arrived before must be a true prefix.
 fn expect_eio(c: &mut Checks, what: &str, p: &Path, truth: &[u8]) {
     let (got, r) = read_all(p);

@@ -950,6 +950,11 @@ fn writes_fail_with_erofs() {
             .expect("emptydir")
             .is_dir()
     );
+    // No server was asked to change anything (each log shows a login first,
+    // so this is not vacuous).
+    for (name, server, _) in f.servers() {
+        server.assert_no_write_commands(name);
+    }
 }
 
 #[test]

@@ -154,15 +154,22 @@ ftpc_ensure_ftp_servers() {
         trap 'rm -rf "$new"' EXIT
         chmod 755 "$new"
         mkdir "$new/debs" "$new/root"
+        # apt-get download runs as _apt when _apt can write there.
+        if id _apt >/dev/null 2>&1; then chown _apt "$new/debs" 2>/dev/null || true; fi
         if ! apt-cache show "${FTPC_SERVER_PACKAGES[@]}" >/dev/null 2>&1; then
             ftpc_log "apt-get update (package lists lack ${FTPC_SERVER_PACKAGES[*]})"
-            DEBIAN_FRONTEND=noninteractive apt-get update -q || ftpc_die "apt-get update failed"
+            DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || ftpc_die "apt-get update failed"
         fi
         mapfile -t deps < <(ftpc_missing_lib_deps "${FTPC_SERVER_PACKAGES[@]}" | sort -u)
         pkgs=("${FTPC_SERVER_PACKAGES[@]}" "${deps[@]}")
         ftpc_log "downloading into $dir: ${pkgs[*]}"
-        (cd "$new/debs" && timeout 600 apt-get download -q "${pkgs[@]}") >&2 ||
-            ftpc_die "apt-get download ${pkgs[*]} failed"
+        if ! (cd "$new/debs" && timeout 600 apt-get download -q "${pkgs[@]}") >&2; then
+            # Stale package lists name versions the mirror no longer has.
+            ftpc_log "apt-get download failed; apt-get update and one more try"
+            DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || ftpc_die "apt-get update failed"
+            (cd "$new/debs" && rm -f ./*.deb && timeout 600 apt-get download -q "${pkgs[@]}") >&2 ||
+                ftpc_die "apt-get download ${pkgs[*]} failed"
+        fi
         local deb
         for deb in "$new/debs"/*.deb; do
             dpkg -x "$deb" "$new/root" || ftpc_die "dpkg -x $deb failed"

@@ -38,11 +38,16 @@ pub const HASH_TTL: Duration = Duration::from_secs(60);
 /// Hashes remembered (one per server and file).
 const HASH_ENTRIES: usize = 4096;
 
+/// (server, file, size, algorithm).
 type HashKey = (usize, Box<[u8]>, u64, HashAlgo);
+/// When it was asked, and the hash (`None`: the server gave none).
+type HashEntry = (Instant, Option<Vec<u8>>);
+/// (file, server, server) with the lower server first.
+type Pair = (Box<[u8]>, usize, usize);
 
 pub struct Mirrors {
-    different: Mutex<HashSet<(Box<[u8]>, usize, usize)>>,
-    hashes: Mutex<LruCache<HashKey, (Instant, Option<Vec<u8>>)>>,
+    different: Mutex<HashSet<Pair>>,
+    hashes: Mutex<LruCache<HashKey, HashEntry>>,
 }
 
 impl Default for Mirrors {

@@ -513,7 +513,8 @@ impl Circle {
         res
     }
 
-    /// Forget the merged and per-server listings of the directory holding `ino`.
+    /// Forget the merged and per-server listings of the directory holding `ino`, and let its
+    /// next open drop the pages the kernel cached of it.
     fn invalidate_parent(&self, ino: u64, path: &[u8]) {
         let dir_path = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => &path[..i],
@@ -522,6 +523,10 @@ impl Circle {
         let Ok(mut nodes) = self.nodes.write() else {
             return;
         };
+        // The pages the kernel cached may be of another version or another copy.
+        if let Some(n) = nodes.get_mut(ino) {
+            n.opened = false;
+        }
         let parent = nodes.get(ino).map_or(ROOT, |n| n.parent);
         let servers = match nodes.get_mut(parent) {
             Some(Node {
@@ -805,7 +810,8 @@ impl Circle {
             });
             let ino = match existing.and_then(|ino| nodes.get_mut(ino).map(|n| (ino, n))) {
                 Some((ino, n)) => {
-                    if n.size != m.size || n.mtime != mtime {
+                    // Other copies serve it now: pages cached from the old ones must go.
+                    if n.size != m.size || n.mtime != mtime || n.sources != sources {
                         n.opened = false;
                     }
                     n.size = m.size;

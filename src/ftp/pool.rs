@@ -24,7 +24,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, LinkTargets, Priority};
+use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
 use crate::ftp::listing::{self, Format, Listing, RawEntry};
@@ -57,6 +57,8 @@ struct PoolState {
     down: Option<Down>,
     /// The server refused REST once: don't ask it for offsets again.
     no_rest: bool,
+    /// Hash algorithms its FEAT offers (HASH or X-commands), from its last new connection.
+    hash_algos: u8,
     /// Foreground requests waiting for a connection: background work yields to them.
     fg_waiting: usize,
 }
@@ -90,6 +92,7 @@ impl Server {
                 last_busy: None,
                 down: None,
                 no_rest: false,
+                hash_algos: 0,
                 fg_waiting: 0,
             }),
             freed: Condvar::new(),
@@ -194,7 +197,10 @@ impl Server {
     /// Open a connection for a slot already counted in `leased`; frees the slot on failure.
     fn connect_into_slot(self: &Arc<Self>) -> Result<Lease> {
         match Conn::open(&self.ep) {
-            Ok(conn) => Ok(self.lease(Some(conn), false)),
+            Ok(conn) => {
+                self.lock().hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
+                Ok(self.lease(Some(conn), false))
+            }
             Err(e) => {
                 self.lock().leased -= 1;
                 self.freed.notify_one();
@@ -480,6 +486,16 @@ impl Backend for FtpBackend {
             Err(e) => return Err(e),
         };
         entries_of(label, path, parsed)
+    }
+
+    fn hash_algos(&self, s: usize) -> u8 {
+        self.servers.get(s).map_or(0, |srv| srv.lock().hash_algos)
+    }
+
+    fn hash(&self, s: usize, path: &[u8], algo: HashAlgo, prio: Priority) -> Result<Vec<u8>> {
+        let server = self.server(s)?;
+        let spath = server.server_path(path);
+        server.with_conn(prio, |c| c.file_hash(server.label(), &spath, algo))
     }
 
     fn symlink_targets(&self, s: usize, path: &[u8], prio: Priority) -> Result<LinkTargets> {

@@ -1274,19 +1274,56 @@ pub struct Mount {
 #[derive(Debug, Clone, Default)]
 pub struct MountOptions {
     pub ca_file: Option<PathBuf>,
-    pub args: Vec<String>,
+    pub args: Vec<OsString>,
+    /// Permission bits of the serverlist file (default 600, as users are told).
+    pub list_mode: Option<u32>,
+    /// Environment of the binary: `(name, Some(value))` sets, `None` removes.
+    pub envs: Vec<(OsString, Option<OsString>)>,
+    /// Only the arguments given: no `--log-file` and `-v` from the harness, so
+    /// everything the binary logs goes to [`Mount::launch_output`]; and no
+    /// inherited `RUST_LOG`.
+    pub bare: bool,
 }
 
 impl MountOptions {
     pub fn ca(ca: &Path) -> MountOptions {
         MountOptions {
             ca_file: Some(ca.to_path_buf()),
-            args: Vec::new(),
+            ..MountOptions::default()
         }
     }
 
-    pub fn arg(mut self, a: &str) -> MountOptions {
-        self.args.push(a.to_string());
+    /// See [`MountOptions::bare`].
+    pub fn bare() -> MountOptions {
+        MountOptions {
+            bare: true,
+            ..MountOptions::default()
+        }
+    }
+
+    pub fn arg(self, a: &str) -> MountOptions {
+        self.arg_os(a)
+    }
+
+    /// An argument that is a path (or any other OS string).
+    pub fn arg_os(mut self, a: impl AsRef<std::ffi::OsStr>) -> MountOptions {
+        self.args.push(a.as_ref().to_os_string());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> MountOptions {
+        self.envs.push((k.into(), Some(v.into())));
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> MountOptions {
+        self.envs.push((k.into(), None));
+        self
+    }
+
+    /// The serverlist file gets these permission bits.
+    pub fn list_mode(mut self, mode: u32) -> MountOptions {
+        self.list_mode = Some(mode);
         self
     }
 }
@@ -1296,7 +1333,7 @@ impl Mount {
     /// MNT` (daemon mode); asserts exit status 0 and that MNT is mounted
     /// when it returns.
     pub fn start(serverlist: &str, opts: &MountOptions) -> Mount {
-        let mut m = Mount::prepare(serverlist);
+        let mut m = Mount::prepare(serverlist, opts);
         let out = fs::File::create(&m.launch_out).expect("create launch output");
         let err = out.try_clone().expect("dup");
         let mut cmd = m.command(opts);
@@ -1335,7 +1372,7 @@ impl Mount {
     /// Like [`Mount::start`] but runs with `-f` as a child process and waits
     /// until the mount point appears in /proc/self/mountinfo.
     pub fn foreground(serverlist: &str, opts: &MountOptions) -> Mount {
-        let mut m = Mount::prepare(serverlist);
+        let mut m = Mount::prepare(serverlist, opts);
         let out = fs::File::create(&m.launch_out).expect("create launch output");
         let err = out.try_clone().expect("dup");
         let mut cmd = m.command(opts);
@@ -1374,13 +1411,13 @@ impl Mount {
         m
     }
 
-    fn prepare(serverlist: &str) -> Mount {
+    fn prepare(serverlist: &str, opts: &MountOptions) -> Mount {
         let dir = TempDir::new("mount");
         let mnt = dir.subdir("mnt");
         let serverlist_path = dir.join("serverlist.txt");
         fs::write(&serverlist_path, serverlist).expect("write serverlist");
         // It holds passwords: keep it private, as users are told to.
-        set_mode(&serverlist_path, 0o600);
+        set_mode(&serverlist_path, opts.list_mode.unwrap_or(0o600));
         Mount {
             mnt,
             serverlist: serverlist_path,
@@ -1399,9 +1436,19 @@ impl Mount {
         if let Some(ca) = &opts.ca_file {
             cmd.arg("--ca-file").arg(ca);
         }
-        cmd.arg("--log-file").arg(&self.log_file).arg("-v");
+        if opts.bare {
+            cmd.env_remove("RUST_LOG");
+        } else {
+            cmd.arg("--log-file").arg(&self.log_file).arg("-v");
+        }
         cmd.args(&opts.args);
         cmd.arg(&self.mnt);
+        for (k, v) in &opts.envs {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         cmd
     }
 
@@ -1448,7 +1495,8 @@ impl Mount {
     }
 
     /// What `ftpcircle-fs MNT` printed (stdout and stderr) until it returned
-    /// (for -f mounts: everything so far).
+    /// (for -f mounts: everything so far).  With [`MountOptions::bare`] that
+    /// is its whole log unless the test passed `--log-file`.
     pub fn launch_output(&self) -> String {
         read_lossy(&self.launch_out)
     }
