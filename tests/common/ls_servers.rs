@@ -369,7 +369,10 @@ impl LsFtpd {
     /// [`super::FtpServer::check_no_write_commands`]).
     pub fn check_no_write_commands(&self) -> Result<(), String> {
         let ex = self.exchanges();
-        if !ex.iter().any(|e| e.verb() == "PASS" && e.reply == Some(230)) {
+        if !ex
+            .iter()
+            .any(|e| e.verb() == "PASS" && e.reply == Some(230))
+        {
             return Err(format!(
                 "no successful login in the relay's log; cannot check it for writes:\n{}",
                 self.commands_log()
