@@ -1,8 +1,11 @@
 //! A capped pool of logged-in connections per server, and the [`Backend`] built on it.
 //!
 //! Owns: how many connections each server gets (`--max-connections`), reuse of idle ones,
-//! retiring connections that saw an error, and mapping merged-tree paths to server paths
-//! (the base path from serverlist.txt).
+//! retiring connections that saw an error, mapping merged-tree paths to server paths
+//! (the base path from serverlist.txt), and what a listing means: a LIST or STAT by path
+//! that failed or gave no readable line is tried once more from inside the directory
+//! (CWD + LIST, for servers whose `ls` split the path), and a listing none of whose lines
+//! can be read is an error, never an empty directory.
 //!
 //! Health: a server whose fresh connection fails (refused, timed out, TLS or login error), or
 //! that stops answering on an open one, is marked *down*: calls to it fail at once instead of
