@@ -682,6 +682,64 @@ fn failover_between_different_copies_never_mixes_bytes() {
     }
 }
 
+/// Copies that agree at the splice point but differ elsewhere: only hashes can tell. Both
+/// fakes offer proftpd-style hash commands; the first cuts every transfer short at 1 MiB
+/// (and stays up, so it can be asked for its hash).
+#[test]
+fn hashes_decide_failover_between_copies_that_agree_at_the_splice() {
+    let first = pseudo_random_bytes(72, 2 * MIB);
+    let mut changed = first.clone();
+    changed[3 * MIB / 2] ^= 0x55;
+    assert_eq!(
+        common::fake::crc32(b"123456789"),
+        0xCBF4_3926,
+        "the CRC-32 check value"
+    );
+    for (what, mirror) in [("differ far from the cut", &changed), ("identical", &first)] {
+        let serve = |data: &Vec<u8>, drop: bool| {
+            FakeFtp::start(FakeConfig {
+                drop_retr_after: drop.then_some(MIB as u64),
+                hash_crc32: true,
+                ..FakeConfig::new().file("x.bin", data.clone())
+            })
+        };
+        let (f1, f2) = (serve(&first, true), serve(mirror, false));
+        let list = format!("{}\n{}\n", f1.line(), f2.line());
+        let m = Mount::start(&list, &opts());
+        let mut c = Checks::default();
+        let (got, r) = read_all(&m.join("x.bin"));
+        let log = m.log();
+        let hashed = |f: &FakeFtp| f.verbs().iter().any(|v| v == "HASH");
+        c.check(hashed(&f1) && hashed(&f2), || {
+            format!("{what}: both servers should be asked for a hash")
+        });
+        if what == "identical" {
+            c.check(r.is_ok() && got == first, || {
+                format!("{what}: {} bytes, {r:?}", got.len())
+            });
+        } else {
+            // The first server stays up (it only cuts each transfer at 1 MiB), so a retry
+            // may finish the file from it alone: whole and right, or EIO after a prefix.
+            let one_copy = match &r {
+                Ok(()) => got == first,
+                Err(e) => e.raw_os_error() == Some(libc::EIO) && first.starts_with(&got),
+            };
+            c.check(one_copy, || {
+                format!(
+                    "{what}: {} bytes, {r:?}: not the first copy alone",
+                    got.len()
+                )
+            });
+            c.check(log.contains("different hashes"), || {
+                format!("{what}: the log should name the hashes:\n{log}")
+            });
+        }
+        assert_fake_read_only(&f1);
+        assert_fake_read_only(&f2);
+        c.finish();
+    }
+}
+
 /// Reading must fail with EIO, and what arrived before must be a true prefix.
 fn expect_eio(c: &mut Checks, what: &str, p: &Path, truth: &[u8]) {
     let (got, r) = read_all(p);

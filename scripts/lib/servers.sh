@@ -100,8 +100,12 @@ FTPC_SERVER_DEP_DEPTH=4
 # ftpc_servers_ok ROOT: the unpacked servers are complete and start far enough
 # to print their version (all their libraries resolve).
 ftpc_servers_ok() {
-    local root=$1 libs
-    libs="$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu:$root/usr/lib"
+    local root=$1 libs d
+    libs="$root/usr/lib"
+    # The multiarch library directories (usr/lib/x86_64-linux-gnu on amd64).
+    for d in "$root"/usr/lib/*-linux-gnu "$root"/lib/*-linux-gnu; do
+        [ -d "$d" ] && libs="$d:$libs"
+    done
     [ -x "$root/usr/sbin/proftpd" ] && [ -x "$root/usr/sbin/pure-ftpd" ] &&
         [ -x "$root/usr/bin/pure-pw" ] && [ -f "$root/usr/lib/proftpd/mod_tls.so" ] &&
         [ -f "$root/usr/lib/proftpd/mod_digest.so" ] || return 1

@@ -107,8 +107,13 @@ impl Mirrors {
         }
         let common = backend.hash_algos(a) & backend.hash_algos(b);
         let algo = HashAlgo::ALL.into_iter().find(|h| common & h.bit() != 0)?;
-        let ha = self.hash(backend, a, path, size, algo)?;
-        let hb = self.hash(backend, b, path, size, algo)?;
+        // Both servers read the whole file: ask them at the same time.
+        let (ha, hb) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| self.hash(backend, b, path, size, algo));
+            let ha = self.hash(backend, a, path, size, algo);
+            (ha, other.join().ok().flatten())
+        });
+        let (ha, hb) = (ha?, hb?);
         let same = ha == hb;
         log::info!(
             "/{}: {algo:?} on {} and {}: {}",

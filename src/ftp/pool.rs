@@ -498,7 +498,15 @@ impl Backend for FtpBackend {
     fn hash(&self, s: usize, path: &[u8], algo: HashAlgo, prio: Priority) -> Result<Vec<u8>> {
         let server = self.server(s)?;
         let spath = server.server_path(path);
-        server.with_conn(prio, |c| c.file_hash(server.label(), &spath, algo))
+        // Not through `with_conn`: a hash that takes longer than the timeout (a big file on a
+        // slow disk) says nothing about the server's health, so it must not mark it down.
+        // The connection may be out of step after a failure: it is dropped.
+        let mut lease = server.acquire(prio)?;
+        let res = lease.conn_mut()?.file_hash(server.label(), &spath, algo);
+        if res.is_err() {
+            lease.discard();
+        }
+        res
     }
 
     fn symlink_targets(&self, s: usize, path: &[u8], prio: Priority) -> Result<LinkTargets> {

@@ -641,6 +641,24 @@ pub fn is_write_verb(verb: &str) -> bool {
     WRITE_VERBS.iter().any(|w| w.eq_ignore_ascii_case(verb))
 }
 
+/// `Ok` if the fake server saw a login (a PASS) and no command in
+/// [`WRITE_VERBS`]: the fake's counterpart of
+/// [`FtpServer::check_no_write_commands`].
+pub fn check_fake_no_write_commands(fake: &fake::FakeFtp) -> Result<(), String> {
+    let verbs = fake.verbs();
+    if !verbs.iter().any(|v| v == "PASS") {
+        return Err(format!(
+            "no PASS in the fake's log; cannot check it for writes: {verbs:?}"
+        ));
+    }
+    let bad: Vec<&String> = verbs.iter().filter(|v| is_write_verb(v)).collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("received write commands: {bad:?}"))
+    }
+}
+
 /// A real FTP server on loopback, killed (with its whole process group) and
 /// reaped on drop.
 pub struct FtpServer {

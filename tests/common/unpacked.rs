@@ -76,12 +76,21 @@ pub fn servers_root() -> &'static Path {
     }
 }
 
+/// `LD_LIBRARY_PATH` for the unpacked servers: the multiarch library
+/// directories of the unpacked packages (`usr/lib/x86_64-linux-gnu` on amd64).
 fn lib_path() -> String {
     let r = servers_root();
-    format!(
-        "{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu",
-        r.display()
-    )
+    let mut dirs = Vec::new();
+    for base in ["usr/lib", "lib"] {
+        if let Ok(rd) = fs::read_dir(r.join(base)) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().ends_with("-linux-gnu") {
+                    dirs.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    dirs.join(":")
 }
 
 fn unique_token(what: &str) -> String {
