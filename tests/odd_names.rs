@@ -166,14 +166,11 @@ fn odd_names_on(name: &str, start: impl FnOnce(&Path) -> Srv) {
     }
 
     let ex = srv.exchanges();
-    // `STAT <path>` answered with 211 (BSD ftpd's code) is taken as "no STAT listings here"
-    // by the client, which lists with LIST from then on: not a listing it used.
-    let stat_211 = |e: &&Exchange| e.verb() == "STAT" && e.reply == Some(211);
-    let probes = ex.iter().filter(|e| e.is_listing() && stat_211(e)).count();
-    let listings: Vec<&Exchange> = ex
+    let listings: Vec<&Exchange> = ex.iter().filter(|e| e.is_listing()).collect();
+    let stat_211 = listings
         .iter()
-        .filter(|e| e.is_listing() && !stat_211(e))
-        .collect();
+        .filter(|e| e.verb() == "STAT" && e.reply == Some(211))
+        .count();
     let split: Vec<&&Exchange> = listings
         .iter()
         .filter(|e| e.verb() != "MLSD" && splittable(e.arg()))
@@ -211,7 +208,7 @@ fn odd_names_on(name: &str, start: impl FnOnce(&Path) -> Srv) {
         .map(|e| format!("{} -> {:?}", e.verb(), e.reply))
         .collect();
     eprintln!(
-        "REPORT {name}: {} directories, {} listings ({}), {cwds} CWD, {probes} STAT -> 211, \
+        "REPORT {name}: {} directories, {} listings ({}), {cwds} CWD, {stat_211} STAT answered 211, \
          refused: {refused:?}",
         directories(),
         listings.len(),

@@ -30,7 +30,7 @@ use suppaftp::{
 
 use crate::backend::HashAlgo;
 use crate::error::{Error, Kind, Result};
-use crate::ftp::listing::Format;
+use crate::ftp::listing::{self, Format};
 use crate::serverlist::{ServerSpec, Tls};
 
 /// Names the TLS stream type suppaftp uses for rustls (it is public but not exported by name).
@@ -373,29 +373,29 @@ impl Conn {
         what: &dyn Fn() -> String,
     ) -> Result<Option<Vec<Vec<u8>>>> {
         self.last_used = Instant::now();
-        // Not 211 (`System`): suppaftp would read a FEAT-style reply and stop early.
+        // Not 211 (`System`) in the list: suppaftp would read a FEAT-style reply and stop
+        // early. A 211 reply comes back whole as "unexpected" instead.
         let res = self
             .ftp
             .custom_command(format!("STAT {wire}"), &[Status::Directory, Status::File]);
         match res {
             Ok(resp) => {
                 self.stat.store(STAT_WORKS, Ordering::Relaxed);
-                // First and last lines are the reply's own ("213-Status follows:", "213 End");
-                // continuation lines may be indented by one space (RFC 959).
-                let lines: Vec<&[u8]> = resp.body.split(|&b| b == b'\n').collect();
-                let inner = lines.get(1..lines.len().saturating_sub(2)).unwrap_or(&[]);
-                Ok(Some(
-                    inner
-                        .iter()
-                        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                        .map(|l| l.strip_prefix(b" ").unwrap_or(l))
-                        .filter(|l| !l.is_empty())
-                        .map(<[u8]>::to_vec)
-                        .collect(),
-                ))
+                Ok(Some(stat_lines(&resp.body)))
+            }
+            // BSD-derived servers (GNU inetutils, netkit, wu-ftpd) answer with 211 and the
+            // `ls -lgA` output. 211 is also the code of a general status reply, so the first
+            // one decides: if it reads as a listing, STAT lists on this server.
+            Err(FtpError::UnexpectedResponse(r))
+                if reply_code(r.status.code(), &String::from_utf8_lossy(&r.body)) == 211
+                    && (self.stat.load(Ordering::Relaxed) == STAT_WORKS
+                        || reads_as_listing(&stat_lines(&r.body))) =>
+            {
+                self.stat.store(STAT_WORKS, Ordering::Relaxed);
+                Ok(Some(stat_lines(&r.body)))
             }
             Err(FtpError::UnexpectedResponse(r)) => {
-                // Refused, or answered in a form we don't read (211): the reply was read whole,
+                // Refused, or a status reply that is no listing: the reply was read whole,
                 // so the connection is in step; use LIST from now on.
                 log::debug!(
                     "{label}: STAT gives no listing ({}); listing with LIST",
@@ -494,6 +494,27 @@ fn connect_any(ep: &Endpoint) -> Result<(SocketAddr, TcpStream)> {
         Some(e) => net_err(label, "connect", &e),
         None => Error::new(Kind::Network, format!("{label}: host has no address")),
     })
+}
+
+/// The listing lines of a STAT reply: the first and last lines are the reply's own
+/// ("213-Status follows:", "213 End"); continuation lines may be indented by one space
+/// (RFC 959).
+fn stat_lines(body: &[u8]) -> Vec<Vec<u8>> {
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let inner = lines.get(1..lines.len().saturating_sub(2)).unwrap_or(&[]);
+    inner
+        .iter()
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .map(|l| l.strip_prefix(b" ").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Lines that are a directory listing: at least one, and not all of them unreadable.
+fn reads_as_listing(lines: &[Vec<u8>]) -> bool {
+    let parsed = listing::parse_listing(lines, Format::List, std::time::SystemTime::now());
+    !lines.is_empty() && (!parsed.entries.is_empty() || parsed.skipped.is_empty())
 }
 
 /// Whether a LIST/STAT argument could be split or expanded by a server that passes it to
@@ -740,6 +761,26 @@ mod tests {
             Kind::Invalid
         );
         assert!(check_arg("s", b"/pub/ok name").is_ok());
+    }
+
+    #[test]
+    fn stat_211_replies_are_listings_only_if_they_read_as_one() {
+        let bsd = b"211- status of /pub:\r\ntotal 8\r\n\
+            drwxr-xr-x  3 root  root  4096 Dec  1 05:33 sub dir\r\n\
+            -rw-r--r--  1 root  root     3 Dec  1 05:33 a file.txt\r\n211 End of Status\r\n";
+        let lines = stat_lines(bsd);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].ends_with(b"sub dir"));
+        assert!(reads_as_listing(&lines));
+        let empty = stat_lines(b"211- status of /e:\r\ntotal 0\r\n211 End of Status\r\n");
+        assert!(reads_as_listing(&empty));
+        let status = stat_lines(
+            b"211-FTP server status:\r\n Connected to 127.0.0.1\r\n Logged in as ftp\r\n\
+              211 End of status\r\n",
+        );
+        assert_eq!(status.len(), 2);
+        assert!(!reads_as_listing(&status));
+        assert!(!reads_as_listing(&stat_lines(b"211-Status\r\n211 End\r\n")));
     }
 
     #[test]
