@@ -357,3 +357,47 @@ fn all_garbage_listing_is_an_error_and_others_still_show() {
         "{err:?}"
     );
 }
+
+/// A server whose LIST with a path answers only `ls` error lines (its `ls` got the path
+/// mangled) while CWD + LIST works: every directory is listed once more from inside, and
+/// the mount shows the whole tree.
+#[test]
+fn path_listing_of_only_error_lines_is_retried_from_inside() {
+    let mut cfg = FakeConfig::new()
+        .file("top.txt", b"top\n".to_vec())
+        .file("pub/docs/readme.txt", b"readme\n".to_vec())
+        .file("pub/empty-not/x.bin", b"x".to_vec());
+    cfg.list_path_errors = true;
+    let fake = FakeFtp::start(cfg);
+    let m = Mount::start(&format!("{}\n", fake.line()), &opts());
+    let got = find(m.path());
+    let want: BTreeSet<String> = [
+        "",
+        "/top.txt",
+        "/pub",
+        "/pub/docs",
+        "/pub/docs/readme.txt",
+        "/pub/empty-not",
+        "/pub/empty-not/x.bin",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(got, want, "{}", m.log());
+    assert_eq!(
+        fs::read(m.join("pub/docs/readme.txt")).unwrap(),
+        b"readme\n"
+    );
+    let cmds = fake.commands();
+    for dir in ["/", "/pub", "/pub/docs", "/pub/empty-not"] {
+        assert!(
+            cmds.iter().any(|c| *c == format!("LIST {dir}")),
+            "no LIST {dir}: {cmds:#?}"
+        );
+        assert!(
+            cmds.iter().any(|c| *c == format!("CWD {dir}")),
+            "no CWD {dir} after the failed LIST: {cmds:#?}"
+        );
+    }
+    assert!(!m.log().contains("WARN"), "{}", m.log());
+}
