@@ -245,6 +245,30 @@ fn odd_names_on_pyftpdlib() {
     });
 }
 
+/// All four servers on one tree, merged: the same exact `find` and contents (every file is
+/// a mirror on four servers).
+#[test]
+fn odd_names_merged_across_four_servers() {
+    let dir = TempDir::new("odd-merged");
+    let root = dir.subdir("root");
+    build_tree(&root);
+    let servers = [
+        Srv::Ls(LsFtpd::inetutils(&root)),
+        Srv::Ls(LsFtpd::netkit(&root)),
+        Srv::Ftp(FtpServer::vsftpd(&root)),
+        Srv::Ftp(FtpServer::pyftpdlib(&root, "odd", "names")),
+    ];
+    let list: String = servers.iter().map(|s| format!("{}\n", s.line())).collect();
+    let m = Mount::start(&list, &opts());
+    let got = find(m.path());
+    assert_eq!(got, expected_find(), "{}", m.log());
+    for (path, data) in FILES {
+        let got = fs::read(m.join(path)).unwrap_or_else(|e| panic!("cat {path}: {e}"));
+        assert_eq!(String::from_utf8_lossy(&got), *data, "content of {path}");
+    }
+    assert!(!m.log().contains("WARN"), "{}", m.log());
+}
+
 /// The harness' servers really are the kind issue 15 is about: `LIST <path>` with a space
 /// lists the two halves (error lines only), `LIST` after CWD lists the directory.
 #[test]
