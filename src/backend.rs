@@ -8,8 +8,8 @@
 use crate::error::Result;
 use crate::ftp::listing::RawEntry;
 
-/// Symlink targets of one directory: (name, target) pairs.
-pub type LinkTargets = Vec<(Vec<u8>, Vec<u8>)>;
+/// The symlinks of one directory as its `ls -l` listing gives them (each with its target).
+pub type LinkTargets = Vec<RawEntry>;
 
 /// A file hash a server can compute for us (FEAT `HASH`, draft-bryan-ftpext-hash, or proftpd
 /// mod_digest's `XSHA256`/`XSHA1`/`XMD5`/`XCRC`), strongest first.
@@ -64,9 +64,9 @@ pub trait Backend: Send + Sync {
     fn base(&self, server: usize) -> &[u8];
     /// The entries of one directory on one server (already validated: no `.`/`..`, no `/`).
     fn list(&self, server: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>>;
-    /// The targets of the symlinks in directory `path`, as (name, target), for a listing that
-    /// named symlinks without their targets (proftpd's MLSD says `type=OS.unix=symlink`): the
-    /// FTP backend asks for the directory's `ls -l` listing (STAT or LIST), whose lines read
+    /// The symlinks of directory `path`, with their targets, for a listing that named symlinks
+    /// without their targets (proftpd's MLSD says `type=OS.unix=symlink`): the FTP backend
+    /// asks for the directory's `ls -l` listing (STAT or LIST), whose lines read
     /// `name -> target`. Called at most once per listing fetched.
     fn symlink_targets(
         &self,

@@ -740,6 +740,65 @@ fn hashes_decide_failover_between_copies_that_agree_at_the_splice() {
     }
 }
 
+/// errno as POSIX tools expect them, through a real mount.
+#[test]
+fn errno_values_are_the_ones_posix_tools_expect() {
+    let fake = FakeFtp::start(
+        FakeConfig::new()
+            .file("a.txt", b"a\n".to_vec())
+            .file("d/b.txt", b"b\n".to_vec()),
+    );
+    let m = Mount::start(&format!("{}\n", fake.line()), &opts());
+    let mut c = Checks::default();
+    let errno = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    let cpath = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // A path through a file.
+    let through = m.join("a.txt/x");
+    c.check(
+        errno(fs::metadata(&through).map(drop)) == Some(libc::ENOTDIR),
+        || format!("stat a.txt/x: {:?}", fs::metadata(&through).err()),
+    );
+    c.check(
+        errno(fs::read_dir(&through).map(drop)) == Some(libc::ENOTDIR),
+        || "ls a.txt/x: want ENOTDIR".to_string(),
+    );
+    // A directory read as a file.
+    let mut buf = Vec::new();
+    let r = fs::File::open(m.join("d")).and_then(|mut f| f.read_to_end(&mut buf).map(drop));
+    c.check(errno(r) == Some(libc::EISDIR), || {
+        "read of a directory: want EISDIR".to_string()
+    });
+    // Extended attributes: none, properly.
+    for rel in ["a.txt", "d"] {
+        let p = cpath(&m.join(rel));
+        let name = std::ffi::CString::new("user.x").unwrap();
+        let mut val = [0u8; 64];
+        let rc = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                val.as_mut_ptr().cast(),
+                val.len(),
+            )
+        };
+        let e = io::Error::last_os_error().raw_os_error();
+        c.check(rc == -1 && e == Some(libc::ENODATA), || {
+            format!("getxattr {rel}: rc {rc}, errno {e:?}, want ENODATA")
+        });
+        let mut list = [0u8; 64];
+        let rc = unsafe { libc::listxattr(p.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+        c.check(rc == 0, || {
+            format!("listxattr {rel}: {rc}, want an empty list")
+        });
+        let rc = unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+        c.check(rc == 0, || {
+            format!("listxattr {rel} size query: {rc}, want 0")
+        });
+    }
+    assert_fake_read_only(&fake);
+    c.finish();
+}
+
 /// Reading must fail with EIO, and what arrived before must be a true prefix.
 fn expect_eio(c: &mut Checks, what: &str, p: &Path, truth: &[u8]) {
     let (got, r) = read_all(p);

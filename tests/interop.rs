@@ -591,7 +591,12 @@ fn check_stat(mnt: &Path, tree: &Tree, precision: Mtime) -> Result<String, Strin
         }
     }
     ensure(wrong.is_empty(), || wrong.join("; "))?;
-    Ok(format!("{n} entries, mtime to the {precision:?}"))
+    let how = match precision {
+        Mtime::Second => "mtime to the second",
+        Mtime::UnixList => "mtime to the minute (to the day for old files)",
+        Mtime::Minute => "mtime to the minute",
+    };
+    Ok(format!("{n} entries, sizes exact, {how}"))
 }
 
 /// What readlink and realpath give for `links/NAME`, for the report.

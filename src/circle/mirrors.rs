@@ -75,12 +75,20 @@ impl Mirrors {
         }
     }
 
-    /// No pair was ever found different (the common case: nothing to look up).
-    pub fn none_found(&self) -> bool {
-        self.different
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+    /// [`Self::differ`] for `name` in directory `dir` (paths relative to the servers' roots).
+    /// Without any pair found different (the common case) it costs one lock, no allocation.
+    pub fn differ_in(&self, dir: &[u8], name: &[u8], a: usize, b: usize) -> bool {
+        let (a, b) = pair(a, b);
+        let set = self.different.lock().unwrap_or_else(|p| p.into_inner());
+        if set.is_empty() {
+            return false;
+        }
+        let full = if dir.is_empty() {
+            name.to_vec()
+        } else {
+            [dir, name].join(&b'/')
+        };
+        set.contains(&(full.into(), a, b))
     }
 
     /// Were the copies of `path` on `a` and `b` found different?

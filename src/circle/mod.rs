@@ -674,18 +674,7 @@ impl Circle {
         {
             return Err(e);
         }
-        let none_found = self.mirrors.none_found();
-        let differ = |name: &[u8], a: usize, b: usize| {
-            if none_found {
-                return false;
-            }
-            let full = if path.is_empty() {
-                name.to_vec()
-            } else {
-                [&path[..], name].join(&b'/')
-            };
-            self.mirrors.differ(&full, a, b)
-        };
+        let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
         let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
         let expires = Instant::now()

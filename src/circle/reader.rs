@@ -468,77 +468,41 @@ impl Shared {
         let mut newly_failed = Vec::new();
         let mut no_rest = Vec::new();
         let mut last_err = None;
-        let candidates: Vec<usize> = self
-            .sources
-            .iter()
-            .copied()
-            .filter(|s| !failed.contains(s))
-            .filter(|&s| {
-                !splice
+        let usable = self.sources.iter().copied().filter(|&s| {
+            !failed.contains(&s)
+                && !splice
                     .agreed
                     .iter()
                     .any(|&a| a != s && self.mirrors.differ(&self.path, a, s))
-            })
-            .collect();
-        for (pass, servers) in [(0, candidates), (1, Vec::new())] {
-            let servers = if pass == 0 {
-                servers
-            } else {
-                std::mem::take(&mut no_rest)
-            };
-            for server in servers {
-                let check = splice.needs_check(server);
-                let at = match (&check, pass) {
-                    (_, 1) => 0,
-                    (Some((w_off, _)), _) => *w_off,
-                    (None, _) => offset,
-                };
-                let opened = self
-                    .backend
-                    .open(server, &self.path, at, Priority::Foreground)
-                    .map(|stream| Active {
-                        server,
-                        stream,
-                        pos: at,
-                        no_rest: pass == 1,
-                    });
-                let mut active = match opened {
-                    Ok(a) => a,
-                    Err(e) if e.kind == Kind::NoRest && pass == 0 => {
-                        no_rest.push(server);
-                        continue;
-                    }
-                    Err(e) => {
-                        log::warn!("{}: {e}", self.display());
-                        newly_failed.push(server);
-                        last_err = Some(e);
-                        continue;
-                    }
-                };
-                if pass == 1 {
-                    log::debug!(
-                        "{}: {} has no REST: reading from the start up to {offset}",
-                        self.display(),
-                        self.backend.label(server)
-                    );
+        });
+        for server in usable {
+            let check = splice.needs_check(server);
+            let at = check.map_or(offset, |(w_off, _)| w_off);
+            match self.open_checked(server, at, false, check, &splice.agreed) {
+                Ok(active) => return Ok((active, newly_failed)),
+                Err(e) if e.kind == Kind::NoRest => no_rest.push(server),
+                Err(e) if e.kind == Kind::Mismatch => return Err(e),
+                Err(e) => {
+                    log::warn!("{}: {e}", self.display());
+                    newly_failed.push(server);
+                    last_err = Some(e);
                 }
-                if let Some((w_off, witness)) = check {
-                    match self.check_splice(&mut active, &splice.agreed, w_off, witness) {
-                        Ok(()) => {}
-                        Err(e) if e.kind == Kind::Mismatch => {
-                            active.stream.abort();
-                            return Err(e);
-                        }
-                        Err(e) => {
-                            log::warn!("{}: {e}", self.display());
-                            active.stream.abort();
-                            newly_failed.push(server);
-                            last_err = Some(e);
-                            continue;
-                        }
-                    }
+            }
+        }
+        for server in no_rest {
+            log::debug!(
+                "{}: {} has no REST: reading from the start up to {offset}",
+                self.display(),
+                self.backend.label(server)
+            );
+            let check = splice.needs_check(server);
+            match self.open_checked(server, 0, true, check, &splice.agreed) {
+                Ok(active) => return Ok((active, newly_failed)),
+                Err(e) if e.kind == Kind::Mismatch => return Err(e),
+                Err(e) => {
+                    newly_failed.push(server);
+                    last_err = Some(e);
                 }
-                return Ok((active, newly_failed));
             }
         }
         Err(last_err.unwrap_or_else(|| {
@@ -547,6 +511,34 @@ impl Shared {
                 format!("{}: no server could deliver it", self.display()),
             )
         }))
+    }
+
+    /// Open a stream from `server` at `at`; for a splice (`check`: the witness offset and
+    /// bytes), check the copy before handing the stream out.
+    fn open_checked(
+        &self,
+        server: usize,
+        at: u64,
+        no_rest: bool,
+        check: Option<(u64, &[u8])>,
+        agreed: &[usize],
+    ) -> Result<Active> {
+        let stream = self
+            .backend
+            .open(server, &self.path, at, Priority::Foreground)?;
+        let mut active = Active {
+            server,
+            stream,
+            pos: at,
+            no_rest,
+        };
+        if let Some((w_off, witness)) = check
+            && let Err(e) = self.check_splice(&mut active, agreed, w_off, witness)
+        {
+            active.stream.abort();
+            return Err(e);
+        }
+        Ok(active)
     }
 
     /// The splice check of a new copy, whose stream `active` starts at or before `w_off`:
@@ -683,4 +675,32 @@ fn read_chunk(active: &mut Active, size: u64, mut buf: Vec<u8>) -> (Vec<u8>, Res
     buf.truncate(got);
     active.pos += got as u64;
     (buf, res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_witness_is_the_last_bytes_received() {
+        let mut st = State::default();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        st.note_witness(0, &data);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!((off, w.len()), (10_000 - OVERLAP as u64, OVERLAP));
+        assert_eq!(w, &data[10_000 - OVERLAP..]);
+        // Small pieces that continue it slide it forward, keeping OVERLAP bytes.
+        st.note_witness(10_000, &[1, 2, 3]);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!(off, 10_003 - OVERLAP as u64);
+        assert_eq!(w.len(), OVERLAP);
+        assert_eq!(&w[OVERLAP - 3..], &[1, 2, 3]);
+        assert_eq!(&w[..OVERLAP - 3], &data[10_003 - OVERLAP..]);
+        // A piece elsewhere (after a seek) starts a new witness, however short.
+        st.note_witness(50_000, &[9; 10]);
+        assert_eq!(st.witness, Some((50_000, vec![9; 10])));
+        st.note_witness(50_010, &[8; 5]);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!((off, w.len()), (50_000, 15));
+    }
 }

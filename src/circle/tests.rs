@@ -432,17 +432,20 @@ fn proftpd_like() -> Mock {
         ],
     );
     s0.dirs.insert(b"plain".to_vec(), vec![file("x", 1)]);
+    // As proftpd's STAT gives them: with targets, and with the links its MLSD left out.
     s0.link_targets.insert(
         b"pub".to_vec(),
         vec![
-            (b"rel".to_vec(), b"f".to_vec()),
-            (b"abs".to_vec(), b"/pub/f".to_vec()),
-            (b"evil".to_vec(), b"../../../../../../etc/passwd".to_vec()),
-            (b"given".to_vec(), b"other".to_vec()),
+            link("rel", "f"),
+            link("abs", "/pub/f"),
+            link("evil", "../../../../../../etc/passwd"),
+            link("given", "other"),
+            link("dangling", "nowhere"),
+            link("f", "a file in MLSD: not taken from here"),
         ],
     );
     s0.link_targets
-        .insert(b"".to_vec(), vec![(b"top".to_vec(), b"pub".to_vec())]);
+        .insert(b"".to_vec(), vec![link("top", "pub")]);
     Mock {
         servers: vec![s0],
         ..Default::default()
@@ -454,7 +457,10 @@ fn symlinks_without_target_are_resolved_with_one_listing_per_directory() {
     let (mock, c) = circle(proftpd_like(), Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     assert_eq!(names(&c, ROOT), ["plain", "pub", "top"]);
-    assert_eq!(names(&c, pub_), ["abs", "evil", "f", "given", "rel"]);
+    assert_eq!(
+        names(&c, pub_),
+        ["abs", "dangling", "evil", "f", "given", "rel"]
+    );
     let target = |name: &[u8]| {
         let a = c.lookup(pub_, name).unwrap();
         assert_eq!(a.kind, FileKind::Symlink, "{name:?}");
@@ -465,6 +471,12 @@ fn symlinks_without_target_are_resolved_with_one_listing_per_directory() {
     assert_eq!(target(b"abs"), "f");
     assert_eq!(target(b"evil"), "../etc/passwd", "stays inside the mount");
     assert_eq!(target(b"given"), "f", "a target MLSD gave is kept");
+    assert_eq!(
+        target(b"dangling"),
+        "nowhere",
+        "a link MLSD left out is added"
+    );
+    assert_eq!(c.lookup(pub_, b"f").unwrap().kind, FileKind::File);
     // Unresolvable: left out, never a file that gives EIO.
     assert_eq!(c.lookup(pub_, b"lost").unwrap_err().kind, Kind::NotFound);
     let top = c.lookup(ROOT, b"top").unwrap();

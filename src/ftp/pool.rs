@@ -525,10 +525,7 @@ impl Backend for FtpBackend {
         Ok(parsed
             .entries
             .into_iter()
-            .filter_map(|e| match e.kind {
-                listing::EntryKind::Symlink(t) if !t.is_empty() => Some((e.name, t)),
-                _ => None,
-            })
+            .filter(|e| matches!(&e.kind, listing::EntryKind::Symlink(t) if !t.is_empty()))
             .collect())
     }
 
