@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetches proftpd and pure-ftpd for the tests (see ftpc_ensure_ftp_servers in
+# Fetches proftpd, pure-ftpd, GNU inetutils ftpd and netkit ftpd for the tests (see ftpc_ensure_ftp_servers in
 # scripts/lib/servers.sh) and prints the directory they are unpacked in.
 # scripts/test.sh runs this; the test harness runs it too when the directory
 # is missing (e.g. `cargo test` without scripts/test.sh).  As root.

@@ -5,8 +5,8 @@
 #
 # installs what is missing (fuse3 vsftpd python3-pyftpdlib openssl curl,
 # procps, and gcc if there is no C compiler; apt-get update runs only if
-# something is missing), fetches proftpd and pure-ftpd into
-# /var/cache/ftpcircle-fs/servers (apt-get download + dpkg -x, since their
+# something is missing), fetches proftpd, pure-ftpd, GNU inetutils ftpd and
+# netkit ftpd into /var/cache/ftpcircle-fs/servers (apt-get download + dpkg -x, since their
 # packages conflict with vsftpd's; FTPCIRCLE_SERVERS_DIR overrides the place),
 # then runs rustfmt, clippy and the test suite.
 # Rust itself (rustup, >= 1.85 for edition 2024) must already be installed.

@@ -11,8 +11,8 @@
 //! precision the server's listing gives; symlinks to a file and to a
 //! directory, relative and absolute, dangling, a loop, and one climbing above
 //! the root (it must resolve inside the mount or not at all; so must every
-//! symlink in the mount); names with spaces, a leading `-`, `#`, UTF-8 and
-//! Latin-1 bytes; a 0-byte file; `cp` of a multi-MiB file and preads at
+//! symlink in the mount); names with spaces, a leading `-`, `#`, `*`, `?`, `[`, `]`,
+//! `\\`, UTF-8 and Latin-1 bytes; a 0-byte file; `cp` of a multi-MiB file and preads at
 //! pseudo-random offsets; `tar c` of the whole mount; EROFS for writes; and
 //! afterwards, that the server saw a logged-in session and no write command.
 //!
@@ -21,6 +21,7 @@
 mod common;
 
 use common::fake::{FakeConfig, FakeFtp, FakeNode};
+use common::ls_servers::LsFtpd;
 use common::{
     FtpServer, Mount, MountOptions, TempDir, TestCert, check_fake_no_write_commands, mkdir_p,
     now_secs, pseudo_random_bytes, run_timeout, set_mtime, symlink, utc_secs, write_file,
@@ -72,6 +73,8 @@ struct Row {
     start: fn(&Tree, &Path, &TestCert) -> Served,
     mtime: Mtime,
     symlinks: Support,
+    /// Names with a backslash ([`BACKSLASH_NAMES`]).
+    backslash: Support,
 }
 
 const SERVERS: &[Row] = &[
@@ -80,36 +83,48 @@ const SERVERS: &[Row] = &[
         start: |t, r, _| Served::real(t, r, FtpServer::proftpd),
         mtime: Mtime::Second,
         symlinks: Support::Yes,
+        backslash: Support::Yes,
     },
     Row {
         name: "proftpd-ftps",
         start: |t, r, c| Served::real(t, r, |r| FtpServer::proftpd_tls(r, c)),
         mtime: Mtime::Second,
         symlinks: Support::Yes,
+        backslash: Support::Yes,
     },
     Row {
         name: "pure-ftpd",
         start: |t, r, _| Served::real(t, r, FtpServer::pureftpd),
         mtime: Mtime::Second,
         symlinks: Support::Yes,
+        backslash: Support::No(
+            "pure-ftpd answers RETR of any path with a backslash with 553 Prohibited \
+             file name: such files are listed but cannot be read",
+        ),
     },
     Row {
         name: "pure-ftpd-tls",
         start: |t, r, c| Served::real(t, r, |r| FtpServer::pureftpd_tls(r, c)),
         mtime: Mtime::Second,
         symlinks: Support::Yes,
+        backslash: Support::No(
+            "pure-ftpd answers RETR of any path with a backslash with 553 Prohibited \
+             file name: such files are listed but cannot be read",
+        ),
     },
     Row {
         name: "vsftpd-ftps",
         start: |t, r, c| Served::real(t, r, |r| FtpServer::vsftpd_tls(r, c)),
         mtime: Mtime::UnixList,
         symlinks: Support::Yes,
+        backslash: Support::Yes,
     },
     Row {
         name: "vsftpd-implicit",
         start: |t, r, c| Served::real(t, r, |r| FtpServer::vsftpd_implicit_tls(r, c)),
         mtime: Mtime::UnixList,
         symlinks: Support::Yes,
+        backslash: Support::Yes,
     },
     Row {
         name: "pyftpdlib",
@@ -120,18 +135,36 @@ const SERVERS: &[Row] = &[
              target, a dangling one not at all, and it is not chrooted, so a link to \
              ../../etc/passwd would list the server host's file",
         ),
+        backslash: Support::Yes,
+    },
+    Row {
+        name: "inetutils-ftpd",
+        start: |t, r, _| Served::ls(t, r, LsFtpd::inetutils),
+        mtime: Mtime::UnixList,
+        symlinks: Support::Yes,
+        backslash: Support::Yes,
+    },
+    Row {
+        name: "netkit-ftpd",
+        start: |t, r, _| Served::ls(t, r, LsFtpd::netkit),
+        mtime: Mtime::UnixList,
+        symlinks: Support::Yes,
+        backslash: Support::Yes,
     },
     Row {
         name: "dos-iis",
         start: |t, _, _| Served::dos(t),
         mtime: Mtime::Minute,
         symlinks: Support::No("a DOS/IIS LIST line has no symlink type"),
+        backslash: Support::Yes,
     },
 ];
 
 /// A running server of a row.
 enum Served {
     Real(FtpServer),
+    /// GNU inetutils or netkit ftpd (tests/common/ls_servers.rs).
+    Ls(LsFtpd),
     Fake(FakeFtp),
 }
 
@@ -140,6 +173,12 @@ impl Served {
     fn real(tree: &Tree, root: &Path, start: impl FnOnce(&Path) -> FtpServer) -> Served {
         materialize(tree, root);
         Served::Real(start(root))
+    }
+
+    /// Writes the tree to `root` and starts an inetutils or netkit ftpd on it.
+    fn ls(tree: &Tree, root: &Path, start: impl FnOnce(&Path) -> LsFtpd) -> Served {
+        materialize(tree, root);
+        Served::Ls(start(root))
     }
 
     /// The hand-written fake answering LIST with DOS/IIS lines for `tree`.
@@ -176,6 +215,7 @@ impl Served {
     fn line(&self) -> String {
         match self {
             Served::Real(s) => s.line(),
+            Served::Ls(s) => s.line(),
             Served::Fake(f) => f.line(),
         }
     }
@@ -184,6 +224,7 @@ impl Served {
     fn check_no_writes(&self) -> Result<String, String> {
         let r = match self {
             Served::Real(s) => s.check_no_write_commands(),
+            Served::Ls(s) => s.check_no_write_commands(),
             Served::Fake(f) => check_fake_no_write_commands(f),
         };
         r.map(|()| "session seen, no write command".into())
@@ -238,9 +279,16 @@ const NAMES: &[&[u8]] = &[
     "names/ünïcödé ✓.txt".as_bytes(),
     b"names/caf\xe9-latin1.txt",
     b"names/dir with space/inner.txt",
+    // What an `ls` behind LIST would split, take as an option or expand (issue 15), in
+    // directory and file names, down to depth 6; `abc` is what the glob `a[b]c` matches.
+    b"names/-dash dir/a[b]c/q?x */-f [1]#.txt",
+    b"names/-dash dir/abc/decoy.txt",
 ];
 
-fn tree(symlinks: bool) -> Tree {
+/// Names with a backslash, where the server can serve them (`Row::backslash`).
+const BACKSLASH_NAMES: &[&[u8]] = &[b"names/st*r q?/[x] #y\\z/]back\\slash\\.txt"];
+
+fn tree(symlinks: bool, backslash: bool) -> Tree {
     let recent = recent();
     let mut t = Tree::new();
     let mut file = |path: &[u8], data: Vec<u8>, mtime: i64| {
@@ -256,7 +304,8 @@ fn tree(symlinks: bool) -> Tree {
     );
     file(b"dir/sub/deep.txt", b"deep\n".to_vec(), recent);
     file(b"old/old.txt", b"old\n".to_vec(), OLD);
-    for (i, n) in NAMES.iter().enumerate() {
+    let backslash_names = if backslash { BACKSLASH_NAMES } else { &[] };
+    for (i, n) in NAMES.iter().chain(backslash_names).enumerate() {
         file(n, format!("name #{i}\n").into_bytes(), recent);
     }
     if symlinks {
@@ -398,7 +447,8 @@ fn run_row(row: &Row, cert: &TestCert) -> Results {
     let mut res = Results::default();
     let dir = TempDir::new(&format!("interop-{}", row.name));
     let with_links = matches!(row.symlinks, Support::Yes);
-    let tree = tree(with_links);
+    let with_backslash = matches!(row.backslash, Support::Yes);
+    let tree = tree(with_links, with_backslash);
     let served = (row.start)(&tree, &dir.join("root"), cert);
     let list = format!("{}\n", served.line());
     let m = Mount::start(&list, &MountOptions::ca(&cert.ca));
@@ -423,6 +473,9 @@ fn run_row(row: &Row, cert: &TestCert) -> Results {
         check_all_links_inside(&mnt)
     });
     res.run("odd names", || check_names(&mnt, &tree));
+    if let Support::No(why) = row.backslash {
+        res.record("backslash names", Ok(format!("not representable: {why}")));
+    }
     res.run("0-byte file", || check_empty(&mnt));
     res.run("cp big file", || check_cp(&mnt, &tree, &local));
     res.run("pread at random offsets", || check_preads(&mnt, &tree));
@@ -662,15 +715,17 @@ fn check_all_links_inside(mnt: &Path) -> Result<String, String> {
 }
 
 fn check_names(mnt: &Path, tree: &Tree) -> Result<String, String> {
-    for n in NAMES {
-        let Some(Node::File(data, _)) = tree.get(*n) else {
+    let backslash_names = BACKSLASH_NAMES.iter().filter(|n| tree.contains_key(**n));
+    let names: Vec<&&[u8]> = NAMES.iter().chain(backslash_names).collect();
+    for n in &names {
+        let Some(Node::File(data, _)) = tree.get(**n) else {
             return Err(format!("{} not in the tree", lossy(n)));
         };
         let p = mnt.join(OsStr::from_bytes(n));
         let got = fs::read(&p).map_err(|e| format!("{}: {e}", lossy(n)))?;
         ensure(got == **data, || format!("{}: wrong content", lossy(n)))?;
     }
-    Ok(format!("{} names read byte-exact", NAMES.len()))
+    Ok(format!("{} names read byte-exact", names.len()))
 }
 
 fn check_empty(mnt: &Path) -> Result<String, String> {

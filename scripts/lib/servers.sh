@@ -27,6 +27,13 @@ ftpc_missing_packages() {
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v ps >/dev/null 2>&1 || missing+=(procps)
+    # GNU inetutils and netkit ftpd (unpacked by ftpc_ensure_ftp_servers) run in a mount
+    # namespace of their own (unshare, mount) and log users in through PAM (pam_ftp,
+    # pam_unix, loaded from the system's PAM directory).
+    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    command -v mount >/dev/null 2>&1 || missing+=(mount)
+    compgen -G '/usr/lib/*/security/pam_ftp.so' >/dev/null ||
+        compgen -G '/lib/*/security/pam_ftp.so' >/dev/null || missing+=(libpam-modules)
     # A C compiler and linker: rustc links with cc, the ring crate compiles C.
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     printf '%s\n' "${missing[@]}"
@@ -70,9 +77,9 @@ ftpc_ensure_packages() {
 }
 
 # ---------------------------------------------------------------------------
-# proftpd and pure-ftpd for the tests.
+# proftpd, pure-ftpd, GNU inetutils ftpd and netkit ftpd for the tests.
 #
-# Their Debian packages conflict with vsftpd's (all three "provide" ftp-server),
+# Their Debian packages conflict with vsftpd's (all "provide" ftp-server),
 # so they are not installed: `apt-get download` fetches the .debs (and those of
 # their library dependencies that are not installed) and `dpkg -x` unpacks them
 # into FTPC_SERVERS_DIR/root.  The harness (tests/common) runs the servers from
@@ -82,7 +89,10 @@ ftpc_ensure_packages() {
 
 FTPC_SERVERS_DIR=${FTPCIRCLE_SERVERS_DIR:-/var/cache/ftpcircle-fs/servers}
 # proftpd-mod-crypto has mod_tls; proftpd-core has the daemon, mod_digest.
-FTPC_SERVER_PACKAGES=(proftpd-core proftpd-mod-crypto pure-ftpd)
+# inetutils-ftpd (GNU inetutils ftpd, usr/sbin/ftpd) and ftpd-ssl (netkit ftpd,
+# usr/sbin/in.ftpd: what Debian's "ftpd" package installs) are the servers
+# whose LIST runs `ls` (tests/common/ls_servers.rs).
+FTPC_SERVER_PACKAGES=(proftpd-core proftpd-mod-crypto pure-ftpd inetutils-ftpd ftpd-ssl)
 # Library dependencies are followed this many levels deep (libmemcached11 ->
 # libhashkit2 is the deepest chain in Debian 12).
 FTPC_SERVER_DEP_DEPTH=4
@@ -100,8 +110,10 @@ ftpc_servers_ok() {
         [ -x "$root/usr/bin/pure-pw" ] && [ -f "$root/usr/lib/proftpd/mod_tls.so" ] &&
         [ -f "$root/usr/lib/proftpd/mod_digest.so" ] || return 1
     LD_LIBRARY_PATH=$libs timeout 10 "$root/usr/sbin/proftpd" -v >/dev/null 2>&1 || return 1
+    [ -x "$root/usr/sbin/ftpd" ] && [ -x "$root/usr/sbin/in.ftpd" ] || return 1
     ! LD_LIBRARY_PATH=$libs timeout 10 ldd "$root/usr/sbin/pure-ftpd" "$root/usr/bin/pure-pw" \
-        "$root/usr/lib/proftpd/mod_tls.so" 2>&1 | grep -q 'not found'
+        "$root/usr/lib/proftpd/mod_tls.so" "$root/usr/sbin/ftpd" "$root/usr/sbin/in.ftpd" 2>&1 |
+        grep -q 'not found'
 }
 
 # ftpc_missing_lib_deps PKG...: library packages (lib*) that PKG... depend on,
@@ -128,15 +140,15 @@ ftpc_missing_lib_deps() {
     done
 }
 
-# Makes sure proftpd and pure-ftpd are unpacked in FTPC_SERVERS_DIR/root
+# Makes sure the servers of FTPC_SERVER_PACKAGES are unpacked in FTPC_SERVERS_DIR/root
 # (quick when they are).  Concurrent callers wait for each other (flock).
 ftpc_ensure_ftp_servers() {
     local dir=$FTPC_SERVERS_DIR
     if ftpc_servers_ok "$dir/root"; then
-        ftpc_log "proftpd, pure-ftpd: present in $dir"
+        ftpc_log "proftpd, pure-ftpd, inetutils ftpd, netkit ftpd: present in $dir"
         return 0
     fi
-    command -v apt-get >/dev/null 2>&1 || ftpc_die "no apt-get: cannot fetch proftpd and pure-ftpd"
+    command -v apt-get >/dev/null 2>&1 || ftpc_die "no apt-get: cannot fetch the test FTP servers"
     mkdir -p "$dir"
     (
         flock -w 600 9 || ftpc_die "timed out waiting for the lock on $dir"

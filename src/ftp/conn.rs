@@ -2,7 +2,8 @@
 //!
 //! Owns: connecting with a timeout, explicit/implicit FTPS with certificate and host name
 //! verification, login, binary type, FEAT probing, passive mode (EPSV where offered, else PASV),
-//! listings (MLSD or LIST) and ranged RETR streams.
+//! listings (MLSD, STAT or LIST, from inside the directory with CWD where a server's `ls`
+//! could split or expand the path) and ranged RETR streams.
 //!
 //! Invariants:
 //! - every socket this module opens has connect, read and write timeouts;
@@ -10,7 +11,9 @@
 //!   after the greeting, implicit FTPS is TLS from the first byte);
 //! - names travel byte-faithfully: after login the connection uses [`ByteEncoding`], which maps
 //!   every byte to one `char` and back, so a latin-1 or UTF-8 name is sent exactly as listed;
-//! - the password is only ever passed to `login()`; no message built here contains it.
+//! - the password is only ever passed to `login()`; no message built here contains it;
+//! - every path sent is absolute (base paths start with `/`), so the working directory a
+//!   listing by CWD leaves behind never changes what a later command refers to.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -27,7 +30,7 @@ use suppaftp::{
 
 use crate::backend::HashAlgo;
 use crate::error::{Error, Kind, Result};
-use crate::ftp::listing::Format;
+use crate::ftp::listing::{self, Format};
 use crate::serverlist::{ServerSpec, Tls};
 
 /// Names the TLS stream type suppaftp uses for rustls (it is public but not exported by name).
@@ -232,21 +235,30 @@ impl Conn {
     /// `find` 20 ms away from its servers takes a third of the time. A server that refuses
     /// STAT (5xx) is remembered and listed with LIST from then on.
     /// `allow_stat: false` forces MLSD/LIST (after a STAT reply too large to read).
+    ///
+    /// Many servers (GNU inetutils and netkit ftpd, wu-ftpd, NAS boxes) hand the argument of
+    /// LIST and STAT to `ls` as words and glob patterns: `LIST /pub/sub dir` lists `/pub/sub`
+    /// and `dir`. So without MLSD a path that such a server could split or expand
+    /// ([`list_from_inside`]), or any path when `from_inside` is set (the caller's retry after
+    /// a path listing that failed or gave nothing readable), is listed by `CWD <path>` and
+    /// `LIST` without argument. CWD takes its argument whole on every server we know; the
+    /// path is absolute, so BSD ftpd's `~` expansion of CWD arguments never applies. Every
+    /// other command sends absolute paths too, so the working directory left behind does
+    /// not matter.
     pub fn list_dir(
         &mut self,
         label: &str,
         path: &[u8],
         allow_stat: bool,
+        from_inside: bool,
     ) -> Result<(Format, Vec<Vec<u8>>)> {
         check_arg(label, path)?;
         let wire = bytes_to_wire(path);
         let what = || format!("listing {}", String::from_utf8_lossy(path));
-        let globby = path
-            .iter()
-            .any(|b| matches!(b, b'*' | b'?' | b'[' | b'{' | b'~'));
+        let inside = !self.feats.mlsd && (from_inside || list_from_inside(path));
         if allow_stat
             && !self.feats.mlsd
-            && !globby
+            && !inside
             && self.stat.load(Ordering::Relaxed) != STAT_REFUSED
             && let Some(lines) = self.stat_dir(label, &wire, &what)?
         {
@@ -254,8 +266,8 @@ impl Conn {
         }
         let (format, cmd) = if self.feats.mlsd {
             (Format::Mlsd, format!("MLSD {wire}"))
-        } else if globby {
-            // LIST arguments are globbed by many servers; CWD into such a directory instead.
+        } else if inside {
+            self.last_used = Instant::now();
             self.ftp
                 .cwd(&wire)
                 .map_err(|e| ftp_err(label, &what(), e))?;
@@ -302,7 +314,7 @@ impl Conn {
         allow_stat: bool,
     ) -> Result<Vec<Vec<u8>>> {
         let mlsd = std::mem::replace(&mut self.feats.mlsd, false);
-        let res = self.list_dir(label, path, allow_stat);
+        let res = self.list_dir(label, path, allow_stat, false);
         self.feats.mlsd = mlsd;
         res.map(|(_, lines)| lines)
     }
@@ -361,29 +373,29 @@ impl Conn {
         what: &dyn Fn() -> String,
     ) -> Result<Option<Vec<Vec<u8>>>> {
         self.last_used = Instant::now();
-        // Not 211 (`System`): suppaftp would read a FEAT-style reply and stop early.
+        // Not 211 (`System`) in the list: suppaftp would read a FEAT-style reply and stop
+        // early. A 211 reply comes back whole as "unexpected" instead.
         let res = self
             .ftp
             .custom_command(format!("STAT {wire}"), &[Status::Directory, Status::File]);
         match res {
             Ok(resp) => {
                 self.stat.store(STAT_WORKS, Ordering::Relaxed);
-                // First and last lines are the reply's own ("213-Status follows:", "213 End");
-                // continuation lines may be indented by one space (RFC 959).
-                let lines: Vec<&[u8]> = resp.body.split(|&b| b == b'\n').collect();
-                let inner = lines.get(1..lines.len().saturating_sub(2)).unwrap_or(&[]);
-                Ok(Some(
-                    inner
-                        .iter()
-                        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                        .map(|l| l.strip_prefix(b" ").unwrap_or(l))
-                        .filter(|l| !l.is_empty())
-                        .map(<[u8]>::to_vec)
-                        .collect(),
-                ))
+                Ok(Some(stat_lines(&resp.body)))
+            }
+            // BSD-derived servers (GNU inetutils, netkit, wu-ftpd) answer with 211 and the
+            // `ls -lgA` output. 211 is also the code of a general status reply, so the first
+            // one decides: if it reads as a listing, STAT lists on this server.
+            Err(FtpError::UnexpectedResponse(r))
+                if reply_code(r.status.code(), &String::from_utf8_lossy(&r.body)) == 211
+                    && (self.stat.load(Ordering::Relaxed) == STAT_WORKS
+                        || reads_as_listing(&stat_lines(&r.body))) =>
+            {
+                self.stat.store(STAT_WORKS, Ordering::Relaxed);
+                Ok(Some(stat_lines(&r.body)))
             }
             Err(FtpError::UnexpectedResponse(r)) => {
-                // Refused, or answered in a form we don't read (211): the reply was read whole,
+                // Refused, or a status reply that is no listing: the reply was read whole,
                 // so the connection is in step; use LIST from now on.
                 log::debug!(
                     "{label}: STAT gives no listing ({}); listing with LIST",
@@ -482,6 +494,43 @@ fn connect_any(ep: &Endpoint) -> Result<(SocketAddr, TcpStream)> {
         Some(e) => net_err(label, "connect", &e),
         None => Error::new(Kind::Network, format!("{label}: host has no address")),
     })
+}
+
+/// The listing lines of a STAT reply: the first and last lines are the reply's own
+/// ("213-Status follows:", "213 End"); continuation lines may be indented by one space
+/// (RFC 959).
+fn stat_lines(body: &[u8]) -> Vec<Vec<u8>> {
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let inner = lines.get(1..lines.len().saturating_sub(2)).unwrap_or(&[]);
+    inner
+        .iter()
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .map(|l| l.strip_prefix(b" ").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Lines that are a directory listing: at least one, and not all of them unreadable.
+fn reads_as_listing(lines: &[Vec<u8>]) -> bool {
+    let parsed = listing::parse_listing(lines, Format::List, std::time::SystemTime::now());
+    !lines.is_empty() && (!parsed.entries.is_empty() || parsed.skipped.is_empty())
+}
+
+/// Whether a LIST/STAT argument could be split or expanded by a server that passes it to
+/// `ls` (as words, options or glob patterns): anything but letters, digits, non-ASCII bytes
+/// and `/ . _ + , = @ % :` makes it so, and so does a `-` starting a component. Such a
+/// directory is listed from inside (CWD, then LIST without argument).
+pub fn list_from_inside(path: &[u8]) -> bool {
+    let odd_byte = |b: &u8| {
+        !(b.is_ascii_alphanumeric()
+            || *b >= 0x80
+            || matches!(
+                b,
+                b'/' | b'.' | b'_' | b'-' | b'+' | b',' | b'=' | b'@' | b'%' | b':'
+            ))
+    };
+    path.iter().any(odd_byte) || path.split(|&b| b == b'/').any(|c| c.starts_with(b"-"))
 }
 
 /// CR, LF and NUL in an argument would end the command early and inject another one.
@@ -712,6 +761,61 @@ mod tests {
             Kind::Invalid
         );
         assert!(check_arg("s", b"/pub/ok name").is_ok());
+    }
+
+    #[test]
+    fn stat_211_replies_are_listings_only_if_they_read_as_one() {
+        let bsd = b"211- status of /pub:\r\ntotal 8\r\n\
+            drwxr-xr-x  3 root  root  4096 Dec  1 05:33 sub dir\r\n\
+            -rw-r--r--  1 root  root     3 Dec  1 05:33 a file.txt\r\n211 End of Status\r\n";
+        let lines = stat_lines(bsd);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].ends_with(b"sub dir"));
+        assert!(reads_as_listing(&lines));
+        let empty = stat_lines(b"211- status of /e:\r\ntotal 0\r\n211 End of Status\r\n");
+        assert!(reads_as_listing(&empty));
+        let status = stat_lines(
+            b"211-FTP server status:\r\n Connected to 127.0.0.1\r\n Logged in as ftp\r\n\
+              211 End of status\r\n",
+        );
+        assert_eq!(status.len(), 2);
+        assert!(!reads_as_listing(&status));
+        assert!(!reads_as_listing(&stat_lines(b"211-Status\r\n211 End\r\n")));
+    }
+
+    #[test]
+    fn paths_an_ls_could_split_or_expand_are_listed_from_inside() {
+        for odd in [
+            &b"/pub/sub dir"[..],
+            b"/pub/-dash",
+            b"/-x/y",
+            b"/pub/st*r",
+            b"/pub/q?",
+            b"/pub/a[b]c",
+            b"/pub/a]b",
+            b"/pub/h#sh",
+            b"/pub/back\\sl",
+            b"/pub/{a,b}",
+            b"/pub/~user",
+            b"/pub/it's",
+            b"/pub/a;b",
+            b"/pub/$HOME",
+        ] {
+            assert!(list_from_inside(odd), "{}", String::from_utf8_lossy(odd));
+        }
+        for plain in [
+            &b"/"[..],
+            b"/pub/mirror",
+            b"/pub/a-b_c.d+e,f=g@h%i:j",
+            b"/pub/caf\xc3\xa9",
+            b"/pub/x-",
+        ] {
+            assert!(
+                !list_from_inside(plain),
+                "{}",
+                String::from_utf8_lossy(plain)
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! A capped pool of logged-in connections per server, and the [`Backend`] built on it.
 //!
 //! Owns: how many connections each server gets (`--max-connections`), reuse of idle ones,
-//! retiring connections that saw an error, and mapping merged-tree paths to server paths
-//! (the base path from serverlist.txt).
+//! retiring connections that saw an error, mapping merged-tree paths to server paths
+//! (the base path from serverlist.txt), and what a listing means: a LIST or STAT by path
+//! that failed or gave no readable line is tried once more from inside the directory
+//! (CWD + LIST, for servers whose `ls` split the path), and a listing none of whose lines
+//! can be read is an error, never an empty directory.
 //!
 //! Health: a server whose fresh connection fails (refused, timed out, TLS or login error), or
 //! that stops answering on an open one, is marked *down*: calls to it fail at once instead of
@@ -26,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority};
 use crate::error::{Error, Kind, Result};
-use crate::ftp::conn::{Conn, Endpoint, Transfer};
-use crate::ftp::listing::{self, RawEntry};
+use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
+use crate::ftp::listing::{self, Format, Listing, RawEntry};
 
 /// An idle connection older than this is NOOP-checked before reuse: servers drop idle control
 /// connections (vsftpd after 300 s by default), and a check costs one round trip, not a login.
@@ -448,25 +451,44 @@ impl Backend for FtpBackend {
 
     fn list(&self, s: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>> {
         let server = self.server(s)?;
+        let label = server.label();
         let spath = server.server_path(path);
-        let list =
-            |allow_stat| server.with_conn(prio, |c| c.list_dir(server.label(), &spath, allow_stat));
-        let (format, lines) = match list(true) {
-            // That connection was dropped (out of step); a data-connection listing has no limit.
-            Err(e) if e.kind == Kind::TooLarge => list(false)?,
-            res => res?,
+        let list = |allow_stat, from_inside| {
+            server.with_conn(prio, |c| c.list_dir(label, &spath, allow_stat, from_inside))
         };
-        let parsed = listing::parse_listing(&lines, format, SystemTime::now());
-        for skip in &parsed.skipped {
-            log::debug!(
-                "{}: listing of /{}: skipped {:?}: {}",
-                server.label(),
-                String::from_utf8_lossy(path),
-                String::from_utf8_lossy(&skip.line),
-                skip.reason
-            );
-        }
-        Ok(parsed.entries)
+        let first = match list(true, false) {
+            // That connection was dropped (out of step); a data-connection listing has no limit.
+            Err(e) if e.kind == Kind::TooLarge => list(false, false),
+            res => res,
+        };
+        // A LIST or STAT with a path the server's `ls` took apart fails or answers only with
+        // error lines: list once more from inside the directory (a MLSD path is never split,
+        // and an odd path was listed from inside already).
+        let by_path = |format| format == Format::List && !conn::list_from_inside(&spath);
+        let parsed = match first {
+            Ok((format, lines)) => {
+                let parsed = listing::parse_listing(&lines, format, SystemTime::now());
+                if by_path(format) && unreadable(&parsed) {
+                    log::debug!(
+                        "{label}: nothing readable in the listing of {}; listing it from inside",
+                        String::from_utf8_lossy(&spath)
+                    );
+                    let (format, lines) = list(false, true)?;
+                    listing::parse_listing(&lines, format, SystemTime::now())
+                } else {
+                    parsed
+                }
+            }
+            Err(e)
+                if matches!(e.kind, Kind::NotFound | Kind::Protocol) && by_path(Format::List) =>
+            {
+                log::debug!("{e}; listing it from inside");
+                let (format, lines) = list(false, true)?;
+                listing::parse_listing(&lines, format, SystemTime::now())
+            }
+            Err(e) => return Err(e),
+        };
+        entries_of(label, path, parsed)
     }
 
     fn hash_algos(&self, s: usize) -> u8 {
@@ -537,6 +559,39 @@ impl Backend for FtpBackend {
     }
 }
 
+/// A listing whose lines were all rejected: not an empty directory but one we could not read.
+fn unreadable(parsed: &Listing) -> bool {
+    parsed.entries.is_empty() && !parsed.skipped.is_empty()
+}
+
+/// The entries of a parsed listing of `/path` (relative to the server's base), or an error
+/// naming the server and the first bad line when no line could be read: the merged directory
+/// then keeps the other servers' entries and logs the error at warning level.
+fn entries_of(label: &str, path: &[u8], parsed: Listing) -> Result<Vec<RawEntry>> {
+    let shown = String::from_utf8_lossy(path);
+    if unreadable(&parsed)
+        && let Some(first) = parsed.skipped.first()
+    {
+        return Err(Error::new(
+            Kind::Protocol,
+            format!(
+                "{label}: listing of /{shown}: none of its {} lines could be read (first: {:?}: {})",
+                parsed.skipped.len(),
+                String::from_utf8_lossy(&first.line),
+                first.reason
+            ),
+        ));
+    }
+    for skip in &parsed.skipped {
+        log::debug!(
+            "{label}: listing of /{shown}: skipped {:?}: {}",
+            String::from_utf8_lossy(&skip.line),
+            skip.reason
+        );
+    }
+    Ok(parsed.entries)
+}
+
 /// A RETR in progress on a leased connection.
 struct FtpStream {
     lease: Lease,
@@ -599,5 +654,51 @@ impl FtpStream {
 impl Drop for FtpStream {
     fn drop(&mut self) {
         self.abort_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(lines: &[&[u8]]) -> Listing {
+        listing::parse_listing(lines, Format::List, SystemTime::now())
+    }
+
+    #[test]
+    fn an_all_garbage_listing_is_an_error_not_an_empty_directory() {
+        let garbage = parse(&[
+            b"/pub/sub: No such file or directory",
+            b"dir: No such file or directory",
+        ]);
+        let err = entries_of("srv:21", b"pub/sub dir", garbage).unwrap_err();
+        assert_eq!(err.kind, Kind::Protocol);
+        assert_eq!(err.errno(), libc::EIO);
+        assert_eq!(err.log_level(), log::Level::Warn);
+        assert!(
+            err.message.starts_with("srv:21: listing of /pub/sub dir:"),
+            "{err}"
+        );
+        assert!(
+            err.message
+                .contains("\"/pub/sub: No such file or directory\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_and_partly_readable_listings_are_listings() {
+        assert_eq!(entries_of("s", b"d", parse(&[])).unwrap(), vec![]);
+        // `total`, `.` and `..` are skipped by design: still an empty directory.
+        let dots = parse(&[
+            b"total 0",
+            b"drwxr-xr-x 2 0 0 4096 Jan 01 2024 .",
+            b"drwxr-xr-x 2 0 0 4096 Jan 01 2024 ..",
+        ]);
+        assert_eq!(entries_of("s", b"d", dots).unwrap(), vec![]);
+        let mixed = parse(&[b"garbage", b"-rw-r--r-- 1 0 0 5 Jan 01 2024 ok.txt"]);
+        let entries = entries_of("s", b"d", mixed).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].name, b"ok.txt");
     }
 }

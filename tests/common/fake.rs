@@ -101,6 +101,10 @@ pub struct FakeConfig {
     /// FEAT offers `HASH CRC32` and `XCRC`, and both commands answer the CRC-32
     /// of the whole file (as proftpd's mod_digest does).
     pub hash_crc32: bool,
+    /// LIST/NLST with a path answer (226) one `ls: cannot access 'WORD': No such
+    /// file or directory` line per word of the path, as an `ls` that got it
+    /// mangled; without a path they list the working directory as usual.
+    pub list_path_errors: bool,
 }
 
 impl Default for FakeConfig {
@@ -119,6 +123,7 @@ impl Default for FakeConfig {
             die_after_drop: false,
             lie_size: BTreeMap::new(),
             hash_crc32: false,
+            list_path_errors: false,
         }
     }
 }
@@ -828,7 +833,16 @@ impl Session {
                 .unwrap_or("");
         }
         let path = self.resolve(path_arg);
+        let mangled = self.cfg().list_path_errors && !path_arg.is_empty();
         let lines: Arc<Vec<Vec<u8>>> = match self.node(&path) {
+            _ if mangled => Arc::new(
+                path_arg
+                    .split(' ')
+                    .map(|w| {
+                        format!("ls: cannot access '{w}': No such file or directory").into_bytes()
+                    })
+                    .collect(),
+            ),
             Some(FakeNode::Dir) => {
                 let raw = self.cfg().raw_lists.get(&path).cloned();
                 match raw {

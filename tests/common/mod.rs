@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod ls_servers;
 pub mod unpacked;
 
 pub use unpacked::{parse_proftpd_log, parse_pureftpd_log};
