@@ -455,11 +455,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
 /// else's: with private propagation a copy would outlive the real unmount and keep that
 /// filesystem's daemon waiting for as long as the server runs), then put our user files in
 /// place and become the server. Mountinfo escapes a space as `\040`, which `%b` decodes.
-const NAMESPACE_SCRIPT: &str = r#"mounts=$(cat /proc/self/mountinfo)
-printf '%s\n' "$mounts" | while read -r _ _ _ _ target rest; do
-    case " $rest" in *" - fuse"*) umount -l "$(printf '%b' "$target")" 2>/dev/null ;; esac
-done
-mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/shadow &&
+const NAMESPACE_SCRIPT: &str = r#"mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/shadow &&
     mount --bind "$3" /etc/pam.d && shift 3 && exec "$@""#;
 
 /// One server process for one client, behind a relay.
@@ -476,7 +472,7 @@ fn start_session(shared: &Arc<Shared>, client: TcpStream, n: usize) -> std::io::
         .open(&shared.output)?;
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(NAMESPACE_SCRIPT)
+        .arg(format!("{}{NAMESPACE_SCRIPT}", super::DROP_FUSE_COPIES_SH))
         .arg("sh")
         .arg(&shared.passwd)
         .arg(&shared.shadow)

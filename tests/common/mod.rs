@@ -54,6 +54,15 @@ fn iterations(limit: Duration) -> u32 {
     (limit.as_millis() / POLL.as_millis()) as u32 + 1
 }
 
+/// Shell lines for a server started in a new mount namespace (`unshare -m`): that namespace
+/// begins with copies of every FUSE mount on the machine, and a copy keeps the kernel's FUSE
+/// connection alive, so a daemon would not see its own mount go away. Lazily unmount them.
+pub const DROP_FUSE_COPIES_SH: &str = r#"mounts=$(cat /proc/self/mountinfo)
+printf '%s\n' "$mounts" | while read -r _ _ _ _ target rest; do
+    case " $rest" in *" - fuse"*) umount -l "$(printf '%b' "$target")" 2>/dev/null ;; esac
+done
+"#;
+
 // ---------------------------------------------------------------------------
 // temp dirs and files
 

@@ -370,11 +370,12 @@ impl FtpServer {
                 args.push(format!("-2{},{}", c.cert.display(), c.key.display()));
             }
             let script = format!(
-                "set -e\n\
+                "{drop}set -e\n\
                  for d in null zero random urandom; do mount --bind /dev/$d {dev}/$d; done\n\
                  mount --rbind {dev} /dev\n\
                  mount -t tmpfs -o size=1m,mode=755 ftpcircle-test /run\n\
                  exec \"$0\" \"$@\"\n",
+                drop = super::DROP_FUSE_COPIES_SH,
                 dev = dev.display()
             );
             let mut cmd = Command::new("unshare");
