@@ -113,15 +113,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if specs.len() > circle::MAX_SERVERS {
-        eprintln!(
-            "ftpcircle-fs: {}: {} servers listed; at most {} are supported",
-            list_path.display(),
-            specs.len(),
-            circle::MAX_SERVERS
-        );
-        return ExitCode::from(2);
-    }
     if let Err(e) = check_args(&args) {
         eprintln!("ftpcircle-fs: {e}");
         return ExitCode::from(2);

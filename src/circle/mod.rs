@@ -18,6 +18,7 @@ pub mod cache;
 pub mod merge;
 pub mod prefetch;
 pub mod reader;
+pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ use cache::ListingCache;
 use merge::{Merged, MergedKind};
 use prefetch::{FileCache, Job, Queue};
 use reader::{Data, OpenFile};
+use server_set::ServerSet;
 
 pub const ROOT: u64 = 1;
 
@@ -73,46 +75,6 @@ pub struct Options {
     pub prefetch: bool,
 }
 
-/// At most this many servers: a node's sources are a bit set in one u64.
-pub const MAX_SERVERS: usize = 64;
-
-/// The servers holding a node, as a bit set (bit i = server i). Iterating yields ascending
-/// server indexes, which is priority order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Sources(u64);
-
-impl Sources {
-    fn from_list(list: &[usize]) -> Self {
-        Sources(
-            list.iter()
-                .filter(|&&s| s < MAX_SERVERS)
-                .fold(0, |acc, &s| acc | 1 << s),
-        )
-    }
-
-    fn all(n: usize) -> Self {
-        Sources(if n >= MAX_SERVERS {
-            u64::MAX
-        } else {
-            (1u64 << n) - 1
-        })
-    }
-
-    fn insert(&mut self, s: usize) {
-        if s < MAX_SERVERS {
-            self.0 |= 1 << s;
-        }
-    }
-
-    fn iter(self) -> impl Iterator<Item = usize> {
-        (0..MAX_SERVERS).filter(move |&s| self.0 & (1 << s) != 0)
-    }
-
-    fn first(self) -> Option<usize> {
-        (self.0 != 0).then(|| self.0.trailing_zeros() as usize)
-    }
-}
-
 enum NodeKind {
     Dir(Box<DirData>),
     File,
@@ -137,7 +99,7 @@ struct Node {
     size: u64,
     mtime: SystemTime,
     /// Servers holding it (see `merge::Merged::sources`).
-    sources: Sources,
+    sources: ServerSet,
     /// Position in the parent's `order`.
     idx: u32,
     /// Opened since it was last listed with another size or mtime: the kernel keeps its pages
@@ -210,7 +172,7 @@ impl Circle {
             kind: NodeKind::Dir(Box::default()),
             size: 0,
             mtime: now,
-            sources: Sources::all(backend.servers()),
+            sources: ServerSet::all(backend.servers()),
             idx: 0,
             opened: false,
         });
@@ -392,7 +354,7 @@ impl Circle {
     /// Fetch the root listing of every server (in parallel, through the cache) and return the
     /// errors of those that failed, so startup can name them.
     pub fn check_servers(&self) -> Vec<Error> {
-        let all = Sources::all(self.backend.servers());
+        let all = ServerSet::all(self.backend.servers());
         self.fetch_all(all, b"", Priority::Foreground)
             .into_iter()
             .filter_map(|(_, f)| f.result.as_ref().err().cloned())
@@ -522,7 +484,7 @@ impl Circle {
                 ..
             }) => {
                 d.expires = None;
-                *sources
+                sources.clone()
             }
             _ => return,
         };
@@ -638,12 +600,12 @@ impl Circle {
             if d.expires.is_some_and(|e| Instant::now() < e) {
                 return Ok(());
             }
-            (Self::path_of(&nodes, ino), node.sources)
+            (Self::path_of(&nodes, ino), node.sources.clone())
         };
         let fetched = self.fetch_all(servers, &path, prio);
         let mut ok = Vec::new();
         let mut first_err = None;
-        let mut failed = Sources::default();
+        let mut failed = ServerSet::default();
         for (server, f) in &fetched {
             match &f.result {
                 Ok(entries) => ok.push((*server, &entries[..])),
@@ -676,7 +638,7 @@ impl Circle {
     /// the network. Results are in the order of `servers` (priority order).
     fn fetch_all(
         &self,
-        servers: Sources,
+        servers: ServerSet,
         path: &[u8],
         prio: Priority,
     ) -> Vec<(usize, Arc<cache::Fetched>)> {
@@ -750,7 +712,7 @@ impl Circle {
         dir: u64,
         path: &[u8],
         merged: Vec<Merged>,
-        failed: Sources,
+        failed: ServerSet,
         expires: Instant,
     ) -> Result<()> {
         let mut nodes = self.nodes.write().map_err(|_| lock_err())?;
@@ -768,7 +730,7 @@ impl Circle {
         // `merged` is sorted by name, so `order` is too.
         for (idx, m) in merged.into_iter().enumerate() {
             let idx = idx as u32;
-            let sources = Sources::from_list(&m.sources);
+            let sources = ServerSet::from_list(&m.sources);
             let mtime = m.mtime.unwrap_or(self.mounted_at);
             let kind = match m.kind {
                 MergedKind::Dir => NodeKind::Dir(Box::default()),
@@ -791,7 +753,7 @@ impl Circle {
                     n.size = m.size;
                     n.mtime = mtime;
                     n.sources = if matches!(n.kind, NodeKind::Dir(_)) {
-                        Sources(sources.0 | (n.sources.0 & failed.0))
+                        sources.union_masked(&n.sources, &failed)
                     } else {
                         sources
                     };

@@ -369,3 +369,37 @@ fn keep_cache_only_after_an_open_of_the_same_version() {
     assert!(keep, "same size and mtime: keep the kernel's pages");
     c.release(fh);
 }
+
+#[test]
+fn two_hundred_servers_merge_and_the_last_one_serves_its_file() {
+    let n = 200;
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let mut s = MockServer::default();
+        let mut pub_ = vec![file("common", 3)];
+        if i == n - 1 {
+            pub_.push(file("only-last", 4));
+            s.files.insert(b"pub/only-last".to_vec(), b"last".to_vec());
+        }
+        s.dirs.insert(b"".to_vec(), vec![dir("pub")]);
+        s.dirs.insert(b"pub".to_vec(), pub_);
+        s.files.insert(b"pub/common".to_vec(), b"abc".to_vec());
+        servers.push(s);
+    }
+    let (mock, c) = circle(
+        Mock {
+            servers,
+            ..Default::default()
+        },
+        Duration::from_secs(60),
+    );
+    assert!(c.check_servers().is_empty());
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["common", "only-last"]);
+    for s in [0, 64, 150, n - 1] {
+        assert_eq!(mock.lists_of(s, b"pub"), 1, "server {s} listed once");
+    }
+    let last = c.lookup(pub_, b"only-last").unwrap().ino;
+    assert_eq!(read_all(&c, last).unwrap(), b"last");
+    assert_eq!(mock.opens.lock().unwrap().last(), Some(&(n - 1, 0)));
+}
