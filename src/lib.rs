@@ -6,7 +6,8 @@
 //! - [`backend`]: the trait the merged view needs from "the servers";
 //! - [`circle`]: the merged view: inode table, listing cache, merge rules, reads;
 //! - [`fuse`]: the thin fuser adapter;
-//! - [`logging`]: the logger, which never lets a password through.
+//! - [`logging`]: the logger, which never lets a password through;
+//! - [`workers`]: bounded thread pools for everything that runs in the background.
 
 pub mod backend;
 pub mod circle;
@@ -15,3 +16,4 @@ pub mod ftp;
 pub mod fuse;
 pub mod logging;
 pub mod serverlist;
+pub mod workers;

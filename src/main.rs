@@ -17,6 +17,7 @@ use clap::Parser;
 use ftpcircle_fs::backend::Backend;
 use ftpcircle_fs::circle::{self, Circle};
 use ftpcircle_fs::ftp::conn::Endpoint;
+use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
 use ftpcircle_fs::serverlist::{self, Tls};
 use ftpcircle_fs::{ftp, fuse, logging};
@@ -42,6 +43,9 @@ struct Args {
     /// Connections per server at most
     #[arg(long, default_value_t = 4, value_name = "N")]
     max_connections: usize,
+    /// Connections over all servers at most (idle ones of rarely used servers close first)
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_total_connections: usize,
     /// How long directory listings are cached, in seconds
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     cache_ttl: f64,
@@ -139,6 +143,9 @@ fn check_args(args: &Args) -> Result<(), String> {
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err("--max-connections must be between 1 and 64".into());
     }
+    if args.max_total_connections == 0 || args.max_total_connections > 100_000 {
+        return Err("--max-total-connections must be between 1 and 100000".into());
+    }
     let meta = std::fs::metadata(&args.mountpoint)
         .map_err(|e| format!("mount point {}: {e}", args.mountpoint.display()))?;
     if !meta.is_dir() {
@@ -217,6 +224,7 @@ fn run(
     } else {
         None
     };
+    let limit = ConnLimit::new(args.max_total_connections);
     let servers: Vec<Arc<Server>> = specs
         .into_iter()
         .map(|spec| {
@@ -225,7 +233,11 @@ fn run(
             } else {
                 tls.clone()
             };
-            Server::new(Endpoint::new(spec, tls, timeout), args.max_connections)
+            Server::new(
+                Endpoint::new(spec, tls, timeout),
+                args.max_connections,
+                &limit,
+            )
         })
         .collect();
     let backend: Arc<dyn Backend> = Arc::new(FtpBackend::new(servers));

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{Backend, Priority};
 use crate::error::{Error, Kind, Result};
+use crate::workers::Workers;
 use cache::ListingCache;
 use merge::{Merged, MergedKind};
 use prefetch::{FileCache, Job, Queue};
@@ -39,6 +40,14 @@ pub const ROOT: u64 = 1;
 /// enough for any program reading steadily (even `less` paging), short enough that a few idle
 /// open files don't keep a server's 4 connections from listings and other reads.
 const IDLE_TRANSFER: Duration = Duration::from_secs(2);
+
+/// Listings of one directory run on at most this many threads (plus the requesting one). A
+/// silent server holds its thread for one `--timeout`, so 100 silent servers among 1,000 are
+/// all waited out in parallel and startup takes about one timeout, not one per 128 of them.
+pub const LIST_WORKERS: usize = 128;
+/// Read-ahead of big open files runs on at most this many threads: each keeps one transfer
+/// streaming, and 8 parallel streams fill any link this daemon is likely to sit on.
+pub const READAHEAD_WORKERS: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -144,7 +153,11 @@ impl Nodes {
 pub struct Circle {
     backend: Arc<dyn Backend>,
     opts: Options,
-    cache: ListingCache,
+    cache: Arc<ListingCache>,
+    /// Runs the listings of one directory on many servers in parallel.
+    listers: Workers,
+    /// Runs read-ahead of big open files.
+    readahead: Arc<Workers>,
     nodes: RwLock<Nodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
@@ -178,7 +191,13 @@ impl Circle {
         });
         debug_assert_eq!(root, ROOT);
         Circle {
-            cache: ListingCache::new(opts.ttl, opts.cache_entries, opts.max_wait),
+            cache: Arc::new(ListingCache::new(
+                opts.ttl,
+                opts.cache_entries,
+                opts.max_wait,
+            )),
+            listers: Workers::new("ftpc-list", LIST_WORKERS),
+            readahead: Arc::new(Workers::new("ftpc-readahead", READAHEAD_WORKERS)),
             backend,
             opts,
             nodes: RwLock::new(nodes),
@@ -428,6 +447,7 @@ impl Circle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile::new(
             Arc::clone(&self.backend),
+            Arc::clone(&self.readahead),
             ino,
             path,
             size,
@@ -653,29 +673,24 @@ impl Circle {
                 .map(|s| (s, self.cache.get(backend, s, path, prio)))
                 .collect();
         }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = servers
-                .iter()
-                .map(|s| {
-                    (
-                        s,
-                        scope.spawn(move || self.cache.get(backend, s, path, prio)),
-                    )
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(s, h)| {
-                    let f = h.join().unwrap_or_else(|_| {
-                        Arc::new(cache::Fetched {
-                            at: Instant::now(),
-                            result: Err(Error::new(Kind::Protocol, "listing thread panicked")),
-                        })
-                    });
-                    (s, f)
-                })
-                .collect()
-        })
+        let list: Vec<usize> = servers.iter().collect();
+        let (cache, backend) = (Arc::clone(&self.cache), Arc::clone(&self.backend));
+        let shared_path: Arc<[u8]> = path.into();
+        let fetched = self.listers.map(list.clone(), move |s| {
+            cache.get(backend.as_ref(), s, &shared_path, prio)
+        });
+        list.into_iter()
+            .zip(fetched)
+            .map(|(s, f)| {
+                let f = f.unwrap_or_else(|| {
+                    Arc::new(cache::Fetched {
+                        at: Instant::now(),
+                        result: Err(Error::new(Kind::Protocol, "listing job panicked")),
+                    })
+                });
+                (s, f)
+            })
+            .collect()
     }
 
     fn log_conflicts(&self, path: &[u8], conflicts: &[merge::Conflict]) {
