@@ -43,7 +43,7 @@ impl ServerSet {
     /// Servers `0..n`.
     pub fn all(n: usize) -> Self {
         let mut words = vec![u64::MAX; n / W];
-        if n % W != 0 {
+        if !n.is_multiple_of(W) {
             words.push((1u64 << (n % W)) - 1);
         }
         Self::from_words(words)
