@@ -34,6 +34,8 @@ pub enum Kind {
     /// A reply on the control connection was too large to read (a STAT listing of a huge
     /// directory); the connection is out of step and the listing is retried another way.
     TooLarge,
+    /// A file or directory handle the filesystem did not hand out, or already released (EBADF).
+    BadHandle,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +72,7 @@ impl Error {
             Kind::Auth => libc::EACCES,
             Kind::Busy => libc::EAGAIN,
             Kind::Invalid => libc::EINVAL,
+            Kind::BadHandle => libc::EBADF,
         }
     }
 

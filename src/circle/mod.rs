@@ -21,7 +21,7 @@ pub mod reader;
 pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -114,30 +114,47 @@ struct Node {
     /// Opened since it was last listed with another size or mtime: the kernel keeps its pages
     /// (FOPEN_KEEP_CACHE), so prefetching it again would be wasted.
     opened: bool,
+    /// References the kernel holds (lookup replies not yet forgotten). Counted under the
+    /// table's shared lock, checked under its exclusive one before the node is dropped.
+    lookups: AtomicU32,
 }
 
-/// The inode table: inode `i` is `list[i - 1]`. Inodes are never reused, so a node that left
-/// its directory stays here (the kernel may still refer to it) until unmount.
+/// Bound on the parent chain walked from a node (deeper trees are cut there).
+const MAX_DEPTH: usize = 4096;
+
+/// The inode table: inode `i` is `list[i - 1]`; `None` is a free slot (listed in `free`).
+/// A node is dropped when the kernel holds no reference to it or anything below it and it is
+/// not in its parent's current listing; its number may then be given to a new node (the
+/// kernel forgot it, so nothing can confuse the two).
 struct Nodes {
-    list: Vec<Node>,
+    list: Vec<Option<Node>>,
+    free: Vec<u64>,
+    live: usize,
 }
 
 impl Nodes {
     fn get(&self, ino: u64) -> Option<&Node> {
-        self.list.get((ino as usize).checked_sub(1)?)
+        self.list.get((ino as usize).checked_sub(1)?)?.as_ref()
     }
 
     fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
-        self.list.get_mut((ino as usize).checked_sub(1)?)
+        self.list.get_mut((ino as usize).checked_sub(1)?)?.as_mut()
     }
 
     fn push(&mut self, node: Node) -> u64 {
-        self.list.push(node);
+        self.live += 1;
+        if let Some(ino) = self.free.pop()
+            && let Some(slot) = self.list.get_mut(ino as usize - 1)
+        {
+            *slot = Some(node);
+            return ino;
+        }
+        self.list.push(Some(node));
         self.list.len() as u64
     }
 
     fn len(&self) -> usize {
-        self.list.len()
+        self.live
     }
 
     /// The child of `dir` called `name`, by binary search of its name-sorted order.
@@ -147,6 +164,69 @@ impl Nodes {
             .binary_search_by(|&c| self.get(c).map_or(&[][..], |n| &n.name[..]).cmp(name))
             .ok()?;
         dir.order.get(i).copied()
+    }
+
+    /// Is `ino` in its parent's current listing?
+    fn is_listed(&self, ino: u64) -> bool {
+        let Some(n) = self.get(ino) else {
+            return false;
+        };
+        matches!(self.get(n.parent).map(|p| &p.kind),
+            Some(NodeKind::Dir(d)) if d.order.get(n.idx as usize) == Some(&ino))
+    }
+
+    /// The nodes of the subtree at `ino` (itself first).
+    fn subtree(&self, ino: u64) -> Vec<u64> {
+        let mut out = vec![ino];
+        let mut i = 0;
+        // Bounded by the number of nodes: each is visited once (a tree, no cycles).
+        while let Some(&x) = out.get(i) {
+            if let Some(Node {
+                kind: NodeKind::Dir(d),
+                ..
+            }) = self.get(x)
+            {
+                out.extend(d.order.iter().filter(|&&c| c != x));
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Drop the unlisted subtree `ino` belongs to, if the kernel holds no node of it. Returns
+    /// how many nodes were dropped.
+    fn collect(&mut self, ino: u64) -> usize {
+        // Walk up to the top of the unlisted subtree (a listed node hangs off the root).
+        let mut top = ino;
+        for _ in 0..MAX_DEPTH {
+            if top == ROOT {
+                return 0;
+            }
+            if !self.is_listed(top) {
+                break;
+            }
+            top = self.get(top).map_or(ROOT, |n| n.parent);
+        }
+        if top == ROOT {
+            return 0;
+        }
+        let all = self.subtree(top);
+        let held = all.iter().any(|&x| {
+            self.get(x)
+                .is_some_and(|n| n.lookups.load(Ordering::Relaxed) > 0)
+        });
+        if held {
+            return 0;
+        }
+        for &x in &all {
+            if let Some(slot) = self.list.get_mut(x as usize - 1)
+                && slot.take().is_some()
+            {
+                self.free.push(x);
+                self.live -= 1;
+            }
+        }
+        all.len()
     }
 }
 
@@ -160,6 +240,8 @@ pub struct Circle {
     readahead: Arc<Workers>,
     nodes: RwLock<Nodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Open directories: the directory and its entries (`.` and `..` first) as of opendir.
+    dirs: Mutex<HashMap<u64, (u64, Arc<[DirEntry]>)>>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     conflicts_logged: Mutex<HashSet<Vec<u8>>>,
@@ -178,7 +260,11 @@ impl Circle {
             opts.prefetch = false;
         }
         let now = SystemTime::now();
-        let mut nodes = Nodes { list: Vec::new() };
+        let mut nodes = Nodes {
+            list: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        };
         let root = nodes.push(Node {
             parent: ROOT,
             name: Box::from(&b""[..]),
@@ -188,6 +274,7 @@ impl Circle {
             sources: ServerSet::all(backend.servers()),
             idx: 0,
             opened: false,
+            lookups: AtomicU32::new(0),
         });
         debug_assert_eq!(root, ROOT);
         Circle {
@@ -202,6 +289,7 @@ impl Circle {
             opts,
             nodes: RwLock::new(nodes),
             files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mounted_at: now,
             conflicts_logged: Mutex::new(HashSet::new()),
@@ -290,7 +378,7 @@ impl Circle {
         {
             return;
         }
-        if size > prefetch::SMALL_FILE_MAX || !self.prefetched.begin(ino) {
+        if size > prefetch::SMALL_FILE_MAX || !self.prefetched.begin(&path) {
             return;
         }
         let mut data = None;
@@ -303,7 +391,7 @@ impl Circle {
                 Err(e) => log::debug!("prefetch of /{}: {e}", String::from_utf8_lossy(&path)),
             }
         }
-        self.prefetched.complete(ino, data);
+        self.prefetched.complete(&path, data);
     }
 
     /// Queue the small files the walker will open after `ino`: the rest of its directory in
@@ -394,7 +482,26 @@ impl Circle {
             _ => return Err(Error::new(Kind::NotFound, "not a directory")),
         };
         let node = nodes.get(ino).ok_or_else(Error::not_found)?;
+        // The adapter hands this to the kernel, which holds it until it sends `forget`.
+        node.lookups.fetch_add(1, Ordering::Relaxed);
         Ok(self.attr_of(ino, node))
+    }
+
+    /// The kernel dropped `n` references to `ino` (FUSE forget): once it holds none, the node
+    /// is dropped if it left its directory's listing, with its unreferenced subtree.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let Ok(mut nodes) = self.nodes.write() else {
+            return;
+        };
+        let Some(node) = nodes.get(ino) else {
+            return;
+        };
+        let left = node.lookups.load(Ordering::Relaxed) as u64;
+        node.lookups
+            .store(left.saturating_sub(n) as u32, Ordering::Relaxed);
+        if left <= n {
+            nodes.collect(ino);
+        }
     }
 
     /// All entries of a directory (without `.` and `..`), sorted by name.
@@ -416,6 +523,86 @@ impl Circle {
             .collect())
     }
 
+    /// Open a directory: its entries as of now, `.` and `..` first, for [`Self::readdir_at`].
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let entries = self.readdir(ino)?;
+        let mut all = Vec::with_capacity(entries.len() + 2);
+        for (name, id) in [(&b"."[..], ino), (&b".."[..], self.parent_of(ino))] {
+            if let Ok(attr) = self.getattr(id) {
+                all.push(DirEntry {
+                    name: name.to_vec(),
+                    attr,
+                });
+            }
+        }
+        all.extend(entries);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .map_err(|_| lock_err())?
+            .insert(fh, (ino, all.into()));
+        Ok(fh)
+    }
+
+    /// Hand the entries of an open directory from position `offset` to `add` (with the
+    /// offset of the entry after it) until it returns true (the reply is full). With `plus`
+    /// each entry handed out (but `.` and `..`) is a kernel reference, as a lookup is; an entry
+    /// whose node went away since opendir is looked up again by name, or skipped if gone.
+    pub fn readdir_at(
+        &self,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        mut add: impl FnMut(u64, &DirEntry) -> bool,
+    ) -> Result<()> {
+        let (dir, entries) = self
+            .dirs
+            .lock()
+            .map_err(|_| lock_err())?
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::new(Kind::BadHandle, "bad directory handle"))?;
+        let nodes = self.nodes.read().map_err(|_| lock_err())?;
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if !plus || i < 2 && (e.name == b"." || e.name == b"..") {
+                if add(next, e) {
+                    break;
+                }
+                continue;
+            }
+            let same = nodes
+                .get(e.attr.ino)
+                .is_some_and(|n| n.parent == dir && *n.name == *e.name);
+            let ino = if same {
+                Some(e.attr.ino)
+            } else {
+                match nodes.get(dir).map(|n| &n.kind) {
+                    Some(NodeKind::Dir(d)) => nodes.child(d, &e.name),
+                    _ => None,
+                }
+            };
+            let Some((ino, node)) = ino.and_then(|i| nodes.get(i).map(|n| (i, n))) else {
+                continue;
+            };
+            let fresh = DirEntry {
+                name: e.name.clone(),
+                attr: self.attr_of(ino, node),
+            };
+            if add(next, &fresh) {
+                break;
+            }
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        if let Ok(mut d) = self.dirs.lock() {
+            d.remove(&fh);
+        }
+    }
+
     pub fn parent_of(&self, ino: u64) -> u64 {
         self.nodes
             .read()
@@ -435,7 +622,11 @@ impl Circle {
     /// Open a file for reading; no network round trip (at most a wait for a prefetch of this
     /// very file that is on its way). Returns the file handle, and whether the file was opened
     /// before with the same size and mtime (so pages the kernel cached then are still right).
-    pub fn open(&self, ino: u64) -> Result<(u64, bool)> {
+    /// Any open for writing fails with EROFS (`flags` as open(2) takes them).
+    pub fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool)> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Error::new(Kind::ReadOnly, "read-only file system"));
+        }
         let (path, size, sources) = self.file_info(ino)?;
         let mut keep_cache = false;
         if let Ok(mut nodes) = self.nodes.write()
@@ -455,7 +646,7 @@ impl Circle {
             self.opts.max_wait,
         );
         if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {
-            if let Some(data) = self.prefetched.take(ino, self.opts.max_wait)
+            if let Some(data) = self.prefetched.take(file.path(), self.opts.max_wait)
                 && data.len() as u64 == size
             {
                 file.seed(Arc::unwrap_or_clone(data));
@@ -476,7 +667,7 @@ impl Circle {
             .map_err(|_| lock_err())?
             .get(&fh)
             .cloned()
-            .ok_or_else(|| Error::new(Kind::Invalid, "bad file handle"))?;
+            .ok_or_else(|| Error::new(Kind::BadHandle, "bad file handle"))?;
         let res = file.read(off, len);
         if let Err(e) = &res
             && matches!(e.kind, Kind::Stale | Kind::Unavailable | Kind::Protocol)
@@ -546,7 +737,7 @@ impl Circle {
     fn path_of(nodes: &Nodes, mut ino: u64) -> Vec<u8> {
         let mut parts: Vec<&[u8]> = Vec::new();
         // Bounded by the tree depth; a malformed parent chain stops at the first missing node.
-        for _ in 0..4096 {
+        for _ in 0..MAX_DEPTH {
             if ino == ROOT {
                 break;
             }
@@ -788,14 +979,28 @@ impl Circle {
                     sources,
                     idx,
                     opened: false,
+                    lookups: AtomicU32::new(0),
                 }),
             };
             order.push(ino);
         }
+        let gone: Vec<u64> = {
+            let kept: HashSet<u64> = order.iter().copied().collect();
+            old_order
+                .iter()
+                .copied()
+                .filter(|c| !kept.contains(c))
+                .collect()
+        };
         if let Some(NodeKind::Dir(d)) = nodes.get_mut(dir).map(|n| &mut n.kind) {
             d.order = order.into();
             d.expires = Some(expires);
             d.prefetched_depth = 0;
+        }
+        // Nodes that left the listing go now unless the kernel still holds them (then at
+        // their last `forget`).
+        for c in gone {
+            nodes.collect(c);
         }
         Ok(())
     }

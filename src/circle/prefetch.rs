@@ -88,7 +88,8 @@ enum Slot {
     Ready(Arc<Vec<u8>>),
 }
 
-/// Small files fetched ahead, by inode, until opened (then the kernel's page cache has them).
+/// Small files fetched ahead, by path, until opened (then the kernel's page cache has them).
+/// Keyed by path, not inode: an inode number freed by `forget` may come back for another file.
 #[derive(Default)]
 pub struct FileCache {
     inner: Mutex<FileCacheInner>,
@@ -97,9 +98,9 @@ pub struct FileCache {
 
 #[derive(Default)]
 struct FileCacheInner {
-    slots: HashMap<u64, Slot>,
-    /// Ready inodes in arrival order, for eviction.
-    order: VecDeque<u64>,
+    slots: HashMap<Box<[u8]>, Slot>,
+    /// Ready paths in arrival order, for eviction.
+    order: VecDeque<Box<[u8]>>,
     bytes: usize,
 }
 
@@ -108,24 +109,24 @@ impl FileCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Claim `ino` for loading; false if it is loading or loaded already, or the cache is full.
-    pub fn begin(&self, ino: u64) -> bool {
+    /// Claim `path` for loading; false if it is loading or loaded already, or the cache is full.
+    pub fn begin(&self, path: &[u8]) -> bool {
         let mut c = self.lock();
-        if c.slots.contains_key(&ino) || c.bytes >= FILE_CACHE_BYTES {
+        if c.slots.contains_key(path) || c.bytes >= FILE_CACHE_BYTES {
             return false;
         }
-        c.slots.insert(ino, Slot::Loading);
+        c.slots.insert(path.into(), Slot::Loading);
         true
     }
 
     /// Store the result of a load started with `begin` (None: it failed; forget it).
-    pub fn complete(&self, ino: u64, data: Option<Vec<u8>>) {
+    pub fn complete(&self, path: &[u8], data: Option<Vec<u8>>) {
         let mut c = self.lock();
         match data {
             Some(d) => {
                 c.bytes += d.len();
-                c.order.push_back(ino);
-                c.slots.insert(ino, Slot::Ready(Arc::new(d)));
+                c.order.push_back(path.into());
+                c.slots.insert(path.into(), Slot::Ready(Arc::new(d)));
                 // Bounded by the number of ready entries.
                 while c.bytes > FILE_CACHE_BYTES {
                     let Some(old) = c.order.pop_front() else {
@@ -137,26 +138,26 @@ impl FileCache {
                 }
             }
             None => {
-                c.slots.remove(&ino);
+                c.slots.remove(path);
             }
         }
         drop(c);
         self.cv.notify_all();
     }
 
-    /// Take the prefetched bytes of `ino`, waiting (up to `max_wait`) if they are on the way.
-    pub fn take(&self, ino: u64, max_wait: Duration) -> Option<Arc<Vec<u8>>> {
+    /// Take the prefetched bytes of `path`, waiting (up to `max_wait`) if they are on the way.
+    pub fn take(&self, path: &[u8], max_wait: Duration) -> Option<Arc<Vec<u8>>> {
         let deadline = Instant::now() + max_wait;
         let mut c = self.lock();
         loop {
-            match c.slots.get(&ino) {
+            match c.slots.get(path) {
                 None => return None,
                 Some(Slot::Ready(_)) => {
-                    let Some(Slot::Ready(d)) = c.slots.remove(&ino) else {
+                    let Some(Slot::Ready(d)) = c.slots.remove(path) else {
                         return None;
                     };
                     c.bytes -= d.len();
-                    c.order.retain(|&i| i != ino);
+                    c.order.retain(|p| &p[..] != path);
                     return Some(d);
                 }
                 Some(Slot::Loading) => {
@@ -184,6 +185,10 @@ impl FileCache {
 mod tests {
     use super::*;
 
+    fn k(n: u64) -> Vec<u8> {
+        format!("dir/f{n}").into_bytes()
+    }
+
     #[test]
     fn queue_is_a_stack_that_keeps_batch_order() {
         let q = Queue::default();
@@ -204,41 +209,44 @@ mod tests {
     #[test]
     fn file_cache_single_flight_and_bound() {
         let c = FileCache::default();
-        assert!(c.begin(7));
-        assert!(!c.begin(7), "a second load of the same file is refused");
-        c.complete(7, Some(vec![1, 2, 3]));
+        assert!(c.begin(&k(7)));
+        assert!(!c.begin(&k(7)), "a second load of the same file is refused");
+        c.complete(&k(7), Some(vec![1, 2, 3]));
         assert_eq!(c.bytes(), 3);
-        assert_eq!(c.take(7, Duration::ZERO).unwrap().as_slice(), &[1, 2, 3]);
+        assert_eq!(
+            c.take(&k(7), Duration::ZERO).unwrap().as_slice(),
+            &[1, 2, 3]
+        );
         assert_eq!(c.bytes(), 0);
-        assert!(c.take(7, Duration::ZERO).is_none());
+        assert!(c.take(&k(7), Duration::ZERO).is_none());
         // Failed loads are forgotten.
-        assert!(c.begin(8));
-        c.complete(8, None);
-        assert!(c.take(8, Duration::ZERO).is_none());
+        assert!(c.begin(&k(8)));
+        c.complete(&k(8), None);
+        assert!(c.take(&k(8), Duration::ZERO).is_none());
         // A full cache refuses new loads (back-pressure on prefetch)...
         for i in 0..4u64 {
-            assert!(c.begin(100 + i));
-            c.complete(100 + i, Some(vec![0; FILE_CACHE_BYTES / 4]));
+            assert!(c.begin(&k(100 + i)));
+            c.complete(&k(100 + i), Some(vec![0; FILE_CACHE_BYTES / 4]));
         }
         assert_eq!(c.bytes(), FILE_CACHE_BYTES);
-        assert!(!c.begin(200));
+        assert!(!c.begin(&k(200)));
         // ...and a load that overshoots the bound evicts the oldest.
-        assert!(c.take(101, Duration::ZERO).is_some());
-        assert!(c.begin(201));
-        c.complete(201, Some(vec![0; FILE_CACHE_BYTES / 2]));
+        assert!(c.take(&k(101), Duration::ZERO).is_some());
+        assert!(c.begin(&k(201)));
+        c.complete(&k(201), Some(vec![0; FILE_CACHE_BYTES / 2]));
         assert!(c.bytes() <= FILE_CACHE_BYTES);
-        assert!(c.take(100, Duration::ZERO).is_none(), "oldest evicted");
-        assert!(c.take(201, Duration::ZERO).is_some());
+        assert!(c.take(&k(100), Duration::ZERO).is_none(), "oldest evicted");
+        assert!(c.take(&k(201), Duration::ZERO).is_some());
     }
 
     #[test]
     fn waiting_take_sees_a_load_that_completes() {
         let c = Arc::new(FileCache::default());
-        assert!(c.begin(1));
+        assert!(c.begin(&k(1)));
         let c2 = Arc::clone(&c);
-        let t = std::thread::spawn(move || c2.take(1, Duration::from_secs(5)));
+        let t = std::thread::spawn(move || c2.take(&k(1), Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(20));
-        c.complete(1, Some(vec![9]));
+        c.complete(&k(1), Some(vec![9]));
         assert_eq!(t.join().unwrap().unwrap().as_slice(), &[9]);
     }
 }
