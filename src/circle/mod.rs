@@ -230,6 +230,9 @@ impl Nodes {
     }
 }
 
+/// An open directory: its inode and its entries as of opendir.
+type DirHandle = (u64, Arc<[DirEntry]>);
+
 pub struct Circle {
     backend: Arc<dyn Backend>,
     opts: Options,
@@ -241,7 +244,7 @@ pub struct Circle {
     nodes: RwLock<Nodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Open directories: the directory and its entries (`.` and `..` first) as of opendir.
-    dirs: Mutex<HashMap<u64, (u64, Arc<[DirEntry]>)>>,
+    dirs: Mutex<HashMap<u64, DirHandle>>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     conflicts_logged: Mutex<HashSet<Vec<u8>>>,

@@ -19,12 +19,14 @@ struct MockServer {
     down: bool,
 }
 
+type Listings = HashMap<(usize, Vec<u8>), Vec<RawEntry>>;
+
 #[derive(Default)]
 struct Mock {
     servers: Vec<MockServer>,
     lists: Mutex<HashMap<(usize, Vec<u8>), usize>>,
     /// Listings that replace `MockServer::dirs` (for servers whose tree changes).
-    changed: Mutex<HashMap<(usize, Vec<u8>), Vec<RawEntry>>>,
+    changed: Mutex<Listings>,
     opens: Mutex<Vec<(usize, u64)>>,
 }
 
