@@ -8,6 +8,9 @@
 use crate::error::Result;
 use crate::ftp::listing::RawEntry;
 
+/// Symlink targets of one directory: (name, target) pairs.
+pub type LinkTargets = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Who is waiting for a network call. Background work (prefetch) only uses a connection the
 /// server has to spare and yields to any foreground request waiting for one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,18 @@ pub trait Backend: Send + Sync {
     fn base(&self, server: usize) -> &[u8];
     /// The entries of one directory on one server (already validated: no `.`/`..`, no `/`).
     fn list(&self, server: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>>;
+    /// The targets of the symlinks in directory `path`, as (name, target), for a listing that
+    /// named symlinks without their targets (proftpd's MLSD says `type=OS.unix=symlink`): the
+    /// FTP backend asks for the directory's `ls -l` listing (STAT or LIST), whose lines read
+    /// `name -> target`. Called at most once per listing fetched.
+    fn symlink_targets(
+        &self,
+        _server: usize,
+        _path: &[u8],
+        _prio: Priority,
+    ) -> Result<LinkTargets> {
+        Ok(Vec::new())
+    }
     /// The server is known not to answer right now: don't wait for it.
     fn is_down(&self, _server: usize) -> bool {
         false

@@ -19,7 +19,7 @@ mod common;
 use common::fake::{FakeConfig, FakeFtp, WRITE_VERBS, dir_line, file_line, link_line};
 use common::{
     FtpServer, Mount, MountOptions, TempDir, descendants, pseudo_random_bytes, run_timeout,
-    send_signal, write_file,
+    send_signal, set_mtime, utc_secs, write_file,
 };
 use std::collections::BTreeSet;
 use std::fs;
@@ -67,11 +67,14 @@ struct Vs {
     _dir: TempDir,
 }
 
+/// vsftpd serving `files`, each dated 2024-01-15 12:00 UTC: the fake lists every file as
+/// `Jan 15  2024`, and only copies of the same day are mirrors of the fake's.
 fn vsftpd(files: &[(&str, &[u8])]) -> Vs {
     let dir = TempDir::new("faults-vs");
     let root = dir.subdir("root");
     for (p, data) in files {
         write_file(&root.join(p), data);
+        set_mtime(&root.join(p), utc_secs(2024, 1, 15, 12, 0, 0));
     }
     let srv = FtpServer::vsftpd(&root);
     Vs {

@@ -445,8 +445,8 @@ impl Circle {
         let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         match node.kind {
             NodeKind::File => {}
-            NodeKind::Dir(_) => return Err(Error::new(Kind::Invalid, "is a directory")),
-            NodeKind::Symlink(_) => return Err(Error::new(Kind::Invalid, "is a symlink")),
+            NodeKind::Dir(_) => return Err(Error::new(Kind::IsDir, "is a directory")),
+            NodeKind::Symlink(_) => return Err(Error::new(Kind::IsSymlink, "is a symlink")),
         }
         let sources = node.sources.iter().collect();
         Ok((Self::path_of(&nodes, ino), node.size, sources))
@@ -482,7 +482,7 @@ impl Circle {
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let ino = match &nodes.get(parent).ok_or_else(Error::not_found)?.kind {
             NodeKind::Dir(d) => nodes.child(d, name).ok_or_else(Error::not_found)?,
-            _ => return Err(Error::new(Kind::NotFound, "not a directory")),
+            _ => return Err(Error::new(Kind::NotDir, "not a directory")),
         };
         let node = nodes.get(ino).ok_or_else(Error::not_found)?;
         // The adapter hands this to the kernel, which holds it until it sends `forget`.
@@ -512,7 +512,7 @@ impl Circle {
         self.refresh(ino, Priority::Foreground, prefetch::DIR_DEPTH)?;
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let NodeKind::Dir(d) = &nodes.get(ino).ok_or_else(Error::not_found)?.kind else {
-            return Err(Error::new(Kind::Invalid, "not a directory"));
+            return Err(Error::new(Kind::NotDir, "not a directory"));
         };
         Ok(d.order
             .iter()
@@ -809,7 +809,7 @@ impl Circle {
             let nodes = self.nodes.read().map_err(|_| lock_err())?;
             let node = nodes.get(ino).ok_or_else(Error::not_found)?;
             let NodeKind::Dir(d) = &node.kind else {
-                return Err(Error::new(Kind::NotFound, "not a directory"));
+                return Err(Error::new(Kind::NotDir, "not a directory"));
             };
             if d.expires.is_some_and(|e| Instant::now() < e) {
                 return Ok(());
@@ -837,7 +837,7 @@ impl Circle {
         {
             return Err(e);
         }
-        let (merged, conflicts) = merge::merge(&ok);
+        let (merged, conflicts) = merge::merge(&ok, &|_, _, _| false);
         self.log_conflicts(&path, &conflicts);
         let expires = Instant::now()
             + if first_err.is_some() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::*;
-use crate::backend::ByteStream;
+use crate::backend::{ByteStream, LinkTargets};
 use crate::ftp::listing::{EntryKind, RawEntry};
 
 #[derive(Default)]
@@ -17,6 +17,9 @@ struct MockServer {
     drop_after: Option<usize>,
     no_rest: bool,
     down: bool,
+    /// Directory -> its `ls -l` symlink targets (name, target), for listings that name
+    /// symlinks without target (proftpd's MLSD).
+    link_targets: HashMap<Vec<u8>, LinkTargets>,
 }
 
 type Listings = HashMap<(usize, Vec<u8>), Vec<RawEntry>>;
@@ -28,6 +31,8 @@ struct Mock {
     /// Listings that replace `MockServer::dirs` (for servers whose tree changes).
     changed: Mutex<Listings>,
     opens: Mutex<Vec<(usize, u64)>>,
+    /// (server, directory) of every `symlink_targets` call.
+    target_lists: Mutex<Vec<(usize, Vec<u8>)>>,
 }
 
 impl Mock {
@@ -100,6 +105,14 @@ impl Backend for Mock {
         }
         srv.dirs.get(path).cloned().ok_or_else(Error::not_found)
     }
+    fn symlink_targets(&self, s: usize, path: &[u8], _prio: Priority) -> Result<LinkTargets> {
+        self.target_lists.lock().unwrap().push((s, path.to_vec()));
+        let srv = &self.servers[s];
+        if srv.down {
+            return Err(Error::new(Kind::Timeout, "timed out"));
+        }
+        Ok(srv.link_targets.get(path).cloned().unwrap_or_default())
+    }
     fn open(
         &self,
         s: usize,
@@ -130,6 +143,7 @@ fn file(name: &str, size: usize) -> RawEntry {
         kind: EntryKind::File,
         size: size as u64,
         mtime: None,
+        mtime_precision: Default::default(),
     }
 }
 fn dir(name: &str) -> RawEntry {
@@ -138,6 +152,7 @@ fn dir(name: &str) -> RawEntry {
         kind: EntryKind::Dir,
         size: 0,
         mtime: None,
+        mtime_precision: Default::default(),
     }
 }
 
@@ -360,12 +375,13 @@ fn absolute_symlinks_point_inside_the_mount() {
             kind: EntryKind::Symlink(b"/pub/a".to_vec()),
             size: 6,
             mtime: None,
+            mtime_precision: Default::default(),
         });
     let (_mock, c) = circle(m, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let ln = c.lookup(pub_, b"ln").unwrap();
     assert_eq!(ln.kind, FileKind::Symlink);
-    assert_eq!(c.readlink(ln.ino).unwrap(), b"../pub/a");
+    assert_eq!(c.readlink(ln.ino).unwrap(), b"a");
 }
 
 #[test]
@@ -379,6 +395,122 @@ fn keep_cache_only_after_an_open_of_the_same_version() {
     let (fh, keep) = c.open(a, libc::O_RDONLY).unwrap();
     assert!(keep, "same size and mtime: keep the kernel's pages");
     c.release(fh);
+}
+
+fn link(name: &str, target: &str) -> RawEntry {
+    RawEntry {
+        kind: EntryKind::Symlink(target.into()),
+        ..file(name, 0)
+    }
+}
+
+/// proftpd: MLSD names symlinks without target; its `ls -l` listing gives them.
+fn proftpd_like() -> Mock {
+    let mut s0 = MockServer::default();
+    s0.dirs.insert(
+        b"".to_vec(),
+        vec![dir("pub"), dir("plain"), link("top", "")],
+    );
+    s0.dirs.insert(
+        b"pub".to_vec(),
+        vec![
+            file("f", 1),
+            link("rel", ""),
+            link("abs", ""),
+            link("evil", ""),
+            link("lost", ""),
+            link("given", "f"),
+        ],
+    );
+    s0.dirs.insert(b"plain".to_vec(), vec![file("x", 1)]);
+    s0.link_targets.insert(
+        b"pub".to_vec(),
+        vec![
+            (b"rel".to_vec(), b"f".to_vec()),
+            (b"abs".to_vec(), b"/pub/f".to_vec()),
+            (b"evil".to_vec(), b"../../../../../../etc/passwd".to_vec()),
+            (b"given".to_vec(), b"other".to_vec()),
+        ],
+    );
+    s0.link_targets
+        .insert(b"".to_vec(), vec![(b"top".to_vec(), b"pub".to_vec())]);
+    Mock {
+        servers: vec![s0],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn symlinks_without_target_are_resolved_with_one_listing_per_directory() {
+    let (mock, c) = circle(proftpd_like(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, ROOT), ["plain", "pub", "top"]);
+    assert_eq!(names(&c, pub_), ["abs", "evil", "f", "given", "rel"]);
+    let target = |name: &[u8]| {
+        let a = c.lookup(pub_, name).unwrap();
+        assert_eq!(a.kind, FileKind::Symlink, "{name:?}");
+        assert_eq!(a.size, c.readlink(a.ino).unwrap().len() as u64);
+        String::from_utf8(c.readlink(a.ino).unwrap()).unwrap()
+    };
+    assert_eq!(target(b"rel"), "f");
+    assert_eq!(target(b"abs"), "f");
+    assert_eq!(target(b"evil"), "../etc/passwd", "stays inside the mount");
+    assert_eq!(target(b"given"), "f", "a target MLSD gave is kept");
+    // Unresolvable: left out, never a file that gives EIO.
+    assert_eq!(c.lookup(pub_, b"lost").unwrap_err().kind, Kind::NotFound);
+    let top = c.lookup(ROOT, b"top").unwrap();
+    assert_eq!(c.readlink(top.ino).unwrap(), b"pub");
+    // Cached like the listing: more lookups and readdirs cost nothing.
+    for _ in 0..5 {
+        names(&c, pub_);
+        target(b"rel");
+    }
+    let calls = mock.target_lists.lock().unwrap().clone();
+    assert_eq!(calls, [(0, b"".to_vec()), (0, b"pub".to_vec())]);
+    // A directory whose listing has every target costs no extra listing.
+    let plain = c.lookup(ROOT, b"plain").unwrap().ino;
+    assert_eq!(names(&c, plain), ["x"]);
+    assert_eq!(mock.lists_of(0, b"plain"), 1);
+    assert_eq!(mock.target_lists.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn symlink_targets_are_fetched_again_with_the_listing() {
+    let (mock, c) = circle(proftpd_like(), Duration::ZERO);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    for _ in 0..3 {
+        names(&c, pub_);
+    }
+    let lists = mock.lists_of(0, b"pub");
+    let targets = mock
+        .target_lists
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| p == b"pub")
+        .count();
+    assert_eq!(targets, lists, "one target listing per listing, no more");
+}
+
+#[test]
+fn errors_carry_the_errno_posix_tools_expect() {
+    let (_mock, c) = circle(two_servers(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    let errno = |r: Result<()>| r.unwrap_err().errno();
+    // A path through a file.
+    assert_eq!(errno(c.lookup(a, b"x").map(drop)), libc::ENOTDIR);
+    assert_eq!(errno(c.readdir(a).map(drop)), libc::ENOTDIR);
+    // A directory opened as a file.
+    assert_eq!(errno(c.open(pub_, libc::O_RDONLY).map(drop)), libc::EISDIR);
+    // A handle never given out, or released.
+    assert_eq!(errno(c.read(9999, 0, 10).map(drop)), libc::EBADF);
+    let (fh, _) = c.open(a, libc::O_RDONLY).unwrap();
+    c.release(fh);
+    assert_eq!(errno(c.read(fh, 0, 10).map(drop)), libc::EBADF);
+    // A name that does not exist, and readlink of a file.
+    assert_eq!(errno(c.lookup(pub_, b"nope").map(drop)), libc::ENOENT);
+    assert_eq!(errno(c.readlink(a).map(drop)), libc::EINVAL);
 }
 
 #[test]

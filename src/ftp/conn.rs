@@ -283,6 +283,20 @@ impl Conn {
         Ok((format, lines))
     }
 
+    /// The `ls -l` listing of `path` (STAT where it works, else LIST), even on a server with
+    /// MLSD: the one listing that tells where symlinks point on servers whose MLSD does not.
+    pub fn list_dir_long(
+        &mut self,
+        label: &str,
+        path: &[u8],
+        allow_stat: bool,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mlsd = std::mem::replace(&mut self.feats.mlsd, false);
+        let res = self.list_dir(label, path, allow_stat);
+        self.feats.mlsd = mlsd;
+        res.map(|(_, lines)| lines)
+    }
+
     /// `STAT <dir>`: the listing lines, or None if this server does not list with STAT.
     fn stat_dir(
         &mut self,

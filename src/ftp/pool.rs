@@ -29,7 +29,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, Priority};
+use crate::backend::{Backend, ByteStream, LinkTargets, Priority};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{Conn, Endpoint, Transfer};
 use crate::ftp::limit::{ConnLimit, Permit};
@@ -567,6 +567,29 @@ impl Backend for FtpBackend {
             );
         }
         Ok(parsed.entries)
+    }
+
+    fn symlink_targets(&self, s: usize, path: &[u8], prio: Priority) -> Result<LinkTargets> {
+        let server = self.server(s)?;
+        let spath = server.server_path(path);
+        let list = |allow_stat| {
+            server.with_conn(prio, |c| {
+                c.list_dir_long(server.label(), &spath, allow_stat)
+            })
+        };
+        let lines = match list(true) {
+            Err(e) if e.kind == Kind::TooLarge => list(false)?,
+            res => res?,
+        };
+        let parsed = listing::parse_listing(&lines, listing::Format::List, SystemTime::now());
+        Ok(parsed
+            .entries
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                listing::EntryKind::Symlink(t) if !t.is_empty() => Some((e.name, t)),
+                _ => None,
+            })
+            .collect())
     }
 
     fn open(
