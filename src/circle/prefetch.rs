@@ -18,6 +18,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::inodes::{NodeKind, Nodes};
+use super::{Circle, ROOT};
+use crate::backend::{Backend, Priority};
+use crate::error::{Error, Kind, Result};
+
 /// Levels of subdirectories listed ahead of what the user touched. Two levels keep every
 /// server's connections busy for trees with a handful of subdirectories per directory while
 /// never listing a whole server because someone ran `ls` at the top.
@@ -179,6 +184,187 @@ impl FileCache {
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
+}
+
+// ---- the policy: what the merged view queues, and the workers that run it ----
+
+impl Circle {
+    /// Start `workers` prefetch threads (none if prefetch is off). They end within a second
+    /// of the last reference to the circle going away.
+    pub fn start_prefetch(self: &Arc<Self>, workers: usize) {
+        if !self.opts.prefetch {
+            return;
+        }
+        for _ in 0..workers {
+            let weak = Arc::downgrade(self);
+            let queue = Arc::clone(&self.queue);
+            let spawned = std::thread::Builder::new()
+                .name("ftpc-prefetch".into())
+                .spawn(move || {
+                    // Ends when the circle is gone (unmounted).
+                    while weak.strong_count() > 0 {
+                        let Some(job) = queue.pop(Duration::from_secs(1)) else {
+                            continue;
+                        };
+                        let Some(circle) = weak.upgrade() else {
+                            break;
+                        };
+                        circle.run_job(job);
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a prefetch thread: {e}");
+            }
+        }
+    }
+
+    pub(super) fn run_job(&self, job: Job) {
+        match job {
+            Job::Dir { ino, depth } => {
+                if let Err(e) = self.refresh(ino, Priority::Background, depth) {
+                    log::debug!("prefetch of a directory: {e}");
+                }
+            }
+            Job::File { ino } => self.prefetch_file(ino),
+        }
+    }
+
+    /// Fetch a small file whole into the prefetch cache.
+    pub(super) fn prefetch_file(&self, ino: u64) {
+        let Ok((path, size, sources)) = self.file_info(ino) else {
+            return;
+        };
+        // Opened by the user meanwhile: it is being read, or the kernel has it cached.
+        if self
+            .nodes
+            .read()
+            .is_ok_and(|n| n.get(ino).is_some_and(|n| n.opened))
+        {
+            return;
+        }
+        if size > SMALL_FILE_MAX || !self.prefetched.begin(&path) {
+            return;
+        }
+        let mut data = None;
+        for s in sources {
+            match fetch_whole(self.backend.as_ref(), s, &path, size) {
+                Ok(d) => {
+                    data = Some(d);
+                    break;
+                }
+                Err(e) => log::debug!("prefetch of /{}: {e}", String::from_utf8_lossy(&path)),
+            }
+        }
+        self.prefetched.complete(&path, data);
+    }
+
+    /// Queue the small files the walker will open after `ino`: the rest of its directory in
+    /// name order, then the files of the next sibling directories already listed.
+    pub(super) fn queue_files_after(&self, ino: u64) {
+        let Ok(nodes) = self.nodes.read() else {
+            return;
+        };
+        let mut jobs = Vec::new();
+        let small = |c: &u64| {
+            nodes.get(*c).is_some_and(|n| {
+                matches!(n.kind, NodeKind::File) && n.size <= SMALL_FILE_MAX && !n.opened
+            })
+        };
+        let dir_order = |d: u64| match nodes.get(d).map(|n| &n.kind) {
+            Some(NodeKind::Dir(dd)) if dd.expires.is_some() => Some(&dd.order),
+            _ => None,
+        };
+        let Some(node) = nodes.get(ino) else {
+            return;
+        };
+        let parent = node.parent;
+        if let Some(order) = dir_order(parent) {
+            let rest = order.get(node.idx as usize + 1..).unwrap_or(&[]);
+            jobs.extend(rest.iter().filter(|c| small(c)).take(FILES_AHEAD));
+        }
+        if jobs.len() < FILES_AHEAD
+            && parent != ROOT
+            && let Some(p) = nodes.get(parent)
+            && let Some(siblings) = dir_order(p.parent)
+        {
+            // Two next sibling directories cover the next few leaf directories of a tree.
+            let next = siblings.get(p.idx as usize + 1..).unwrap_or(&[]);
+            for &sib in next.iter().take(2) {
+                if let Some(order) = dir_order(sib) {
+                    let room = FILES_AHEAD - jobs.len();
+                    jobs.extend(order.iter().filter(|c| small(c)).take(room));
+                }
+            }
+        }
+        drop(nodes);
+        let jobs: Vec<Job> = jobs.into_iter().map(|ino| Job::File { ino }).collect();
+        self.queue.push_front(&jobs);
+    }
+
+    /// Queue the subdirectories of `ino` for listing (each `depth - 1` levels further), unless
+    /// that was done already for at least this depth since the last refresh.
+    pub(super) fn queue_subdirs(&self, ino: u64, depth: u8) {
+        // Every lookup comes here: decide under the shared lock, write only when there is work.
+        let done = |nodes: &Nodes| {
+            !matches!(nodes.get(ino).map(|n| &n.kind),
+                Some(NodeKind::Dir(d)) if d.prefetched_depth < depth)
+        };
+        if self.nodes.read().map_or(true, |n| done(&n)) {
+            return;
+        }
+        let Ok(mut nodes) = self.nodes.write() else {
+            return;
+        };
+        let order = match nodes.get_mut(ino).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(d)) if d.prefetched_depth < depth => {
+                d.prefetched_depth = depth;
+                d.order.clone()
+            }
+            _ => return,
+        };
+        let now = Instant::now();
+        let jobs: Vec<Job> = order
+            .iter()
+            .filter(|&&c| match nodes.get(c).map(|n| &n.kind) {
+                Some(NodeKind::Dir(d)) => {
+                    d.expires.is_none_or(|e| now >= e) || d.prefetched_depth < depth - 1
+                }
+                _ => false,
+            })
+            .map(|&c| Job::Dir {
+                ino: c,
+                depth: depth - 1,
+            })
+            .collect();
+        drop(nodes);
+        self.queue.push_front(&jobs);
+    }
+}
+
+/// Read a small file whole from one server (background priority), checking it has exactly the
+/// listed size.
+fn fetch_whole(backend: &dyn Backend, server: usize, path: &[u8], size: u64) -> Result<Vec<u8>> {
+    let mut stream = backend.open(server, path, 0, Priority::Background)?;
+    let mut data = vec![0u8; size as usize];
+    let mut got = 0;
+    while got < data.len() {
+        let n = stream.read(&mut data[got..])?;
+        if n == 0 {
+            stream.abort();
+            return Err(Error::new(
+                Kind::Stale,
+                format!("transfer ended at byte {got} of {size} listed"),
+            ));
+        }
+        got += n;
+    }
+    let mut probe = [0u8; 1];
+    if stream.read(&mut probe)? != 0 {
+        stream.abort();
+        return Err(Error::new(Kind::Stale, "more bytes than listed"));
+    }
+    stream.finish()?;
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::backend::{ByteStream, LinkTargets};
-use crate::ftp::listing::{EntryKind, RawEntry};
+use crate::backend::{EntryKind, RawEntry};
 
 #[derive(Default)]
 struct MockServer {
