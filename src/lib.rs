@@ -17,3 +17,18 @@ pub mod fuse;
 pub mod logging;
 pub mod serverlist;
 pub mod workers;
+
+/// Threads the daemon runs at most, whatever the number of servers or open files: the main
+/// thread, the signal waiter, the FUSE workers, the prefetch workers, the pool listing one
+/// directory across servers, the read-ahead pool, the probe scheduler and its pool, and the
+/// idle reaper (every pool's threads end after a while without work). Each term is a constant
+/// with its reason at its definition.
+pub const MAX_THREADS: usize = 1
+    + 1
+    + fuse::FUSE_THREADS
+    + circle::prefetch::MAX_WORKERS
+    + circle::refresh::LIST_WORKERS
+    + circle::handles::READAHEAD_WORKERS
+    + 1
+    + ftp::pool::PROBE_WORKERS
+    + 1;

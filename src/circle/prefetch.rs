@@ -11,8 +11,13 @@
 //!   fetched whole into a bounded cache; `grep -r` reads files one after another in exactly
 //!   that order, so they are already here when it opens them.
 //!
+//! Owns: that policy (the `impl Circle` part below: what is queued when a directory is listed
+//! or a small file opened, and running the jobs), the job queue, the workers and the cache of
+//! prefetched files.
+//!
 //! Bounded: the queue holds at most [`QUEUE_CAP`] jobs (the oldest are dropped), the file cache
-//! at most [`FILE_CACHE_BYTES`], workers are a fixed pool. `--no-prefetch` switches it all off.
+//! at most [`FILE_CACHE_BYTES`], workers are a fixed set of at most [`MAX_WORKERS`] threads.
+//! `--no-prefetch` switches it all off.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -34,6 +39,9 @@ pub const FILES_AHEAD: usize = 16;
 pub const SMALL_FILE_MAX: u64 = 256 * 1024;
 /// Bound on prefetched file bytes held in memory at once.
 pub const FILE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Prefetch threads at most, whatever the number of servers: 16 keep the spare connections of
+/// a handful of servers busy; beyond that the walker's own requests are the bottleneck.
+pub const MAX_WORKERS: usize = 16;
 /// Bound on queued jobs (a job is an inode number and a tag: 16 bytes).
 pub const QUEUE_CAP: usize = 100_000;
 
@@ -195,7 +203,7 @@ impl Circle {
         if !self.opts.prefetch {
             return;
         }
-        for _ in 0..workers {
+        for _ in 0..workers.min(MAX_WORKERS) {
             let weak = Arc::downgrade(self);
             let queue = Arc::clone(&self.queue);
             let spawned = std::thread::Builder::new()
