@@ -97,3 +97,79 @@ fn two_hundred_servers_merge_exactly_and_threads_stay_bounded() {
         ftpcircle_fs::MAX_THREADS
     );
 }
+
+/// Control connections the process holds: its sockets connected to the servers' `port` (data
+/// connections go to other ports; /dev/fuse and files are not sockets).
+fn control_connections_of(pid: i32, port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let to_port: std::collections::HashSet<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+            (remote_port == port).then(|| f.get(9).map(|s| s.to_string()))?
+        })
+        .collect();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return usize::MAX;
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .filter(|inode| to_port.contains(inode))
+        .count()
+}
+
+#[test]
+fn global_connection_cap_closes_idle_connections_of_other_servers() {
+    const N: usize = 12;
+    const CAP: usize = 3;
+    let dir = TempDir::new("cap");
+    let homes: Vec<PathBuf> = (0..N)
+        .map(|i| {
+            let home = dir.subdir(&format!("srv{i:02}"));
+            write_file(&home.join(format!("d{i:02}/f.txt")), b"x\n");
+            home
+        })
+        .collect();
+    let hosts: Vec<String> = (1..N).map(|i| format!("127.3.0.{i}")).collect();
+    let users: Vec<(String, PathBuf)> = (1..N)
+        .map(|i| (format!("u{i:02}"), homes[i].clone()))
+        .collect();
+    let srv = FtpServer::pyftpdlib_many(&homes[0], "u00", PASS, &hosts, &users);
+    let mut list = format!("127.0.0.1:{},u00,{PASS},0\n", srv.port);
+    for (h, (u, _)) in hosts.iter().zip(&users) {
+        list.push_str(&format!("{h}:{},{u},{PASS},0\n", srv.port));
+    }
+    let opts = MountOptions::default().arg(&format!("--max-total-connections={CAP}"));
+    let m = Mount::start(&list, &opts);
+    let pid = *m.pids().first().expect("daemon pid");
+    // Every server is usable although only CAP connections may exist at once: the idle ones
+    // of servers used earlier are closed to make room.
+    for i in 0..N {
+        let p = m.mnt.join(format!("d{i:02}/f.txt"));
+        assert_eq!(
+            std::fs::read(&p).unwrap_or_default(),
+            b"x\n",
+            "{}",
+            p.display()
+        );
+        let c = control_connections_of(pid, srv.port);
+        assert!(
+            c <= CAP,
+            "{c} connections open with --max-total-connections={CAP}"
+        );
+        assert!(
+            c >= 1,
+            "no control connection found: the count above checks nothing"
+        );
+    }
+    assert!(
+        !m.log().contains("marked down"),
+        "no server may be marked down for lack of room under the cap:\n{}",
+        m.log()
+    );
+}
