@@ -43,8 +43,9 @@ struct Args {
     /// Connections per server at most
     #[arg(long, default_value_t = 4, value_name = "N")]
     max_connections: usize,
-    /// Connections over all servers at most (idle ones of rarely used servers close first)
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    /// Sockets to servers at most, over all servers; a connection counts two (control and
+    /// data). Idle connections of rarely used servers close first
+    #[arg(long, default_value_t = 512, value_name = "N")]
     max_total_connections: usize,
     /// How long directory listings are cached, in seconds
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
@@ -143,8 +144,8 @@ fn check_args(args: &Args) -> Result<(), String> {
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err("--max-connections must be between 1 and 64".into());
     }
-    if args.max_total_connections == 0 || args.max_total_connections > 100_000 {
-        return Err("--max-total-connections must be between 1 and 100000".into());
+    if args.max_total_connections < 2 || args.max_total_connections > 100_000 {
+        return Err("--max-total-connections must be between 2 and 100000".into());
     }
     let meta = std::fs::metadata(&args.mountpoint)
         .map_err(|e| format!("mount point {}: {e}", args.mountpoint.display()))?;

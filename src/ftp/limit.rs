@@ -1,12 +1,19 @@
-//! The cap on open connections over all servers (`--max-total-connections`), on top of each
-//! server's own cap: 1,000 servers must not mean 4,000 sockets.
+//! The cap on sockets to servers over all servers (`--max-total-connections`), on top of each
+//! server's own cap: 1,000 servers must not mean 4,000 sockets, and the daemon's open file
+//! descriptors stay below the cap plus a fixed few (FUSE, log, stdio).
 //!
-//! Owns: the count of open control connections (each holds a [`Permit`]), and the choice of
+//! A connection counts [`SOCKETS_PER_CONNECTION`] = 2: its control socket and the data socket
+//! it opens for a listing or a file transfer (at most one at a time). Counting both when the
+//! connection opens keeps the bound exact without a second wait (and so without a deadlock
+//! between connections each waiting for room for its data socket).
+//!
+//! Owns: the count of open connections (each holds a [`Permit`]), and the choice of
 //! which idle connection to close when the cap is reached: the oldest idle one of the server
 //! used least recently, so busy servers keep their warm connections.
 //!
 //! Invariants:
-//! - at most `cap` permits exist at once (a permit lives exactly as long as its connection);
+//! - at most `cap / 2` permits exist at once (a permit lives exactly as long as its
+//!   connection), so at most `cap` sockets;
 //! - waiting for a permit is bounded by the caller's deadline;
 //! - lock order: a server's pool lock may be held while a permit is dropped (which takes this
 //!   count's lock), so this module never takes a server's lock while holding the count's.
@@ -16,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Kind, Result};
 use crate::ftp::pool::Server;
+
+/// Sockets a connection may hold at once: control and data.
+pub const SOCKETS_PER_CONNECTION: usize = 2;
 
 /// How often a waiter looks again for an idle connection to close elsewhere (a connection
 /// that goes idle on another server does not wake it).
@@ -35,15 +45,16 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        *self.limit.lock() -= 1;
+        *self.limit.lock() -= SOCKETS_PER_CONNECTION;
         self.limit.freed.notify_one();
     }
 }
 
 impl ConnLimit {
+    /// At most `cap` sockets (at least one connection's worth).
     pub fn new(cap: usize) -> Arc<ConnLimit> {
         Arc::new(ConnLimit {
-            cap: cap.max(1),
+            cap: cap.max(SOCKETS_PER_CONNECTION),
             open: Mutex::new(0),
             freed: Condvar::new(),
             servers: Mutex::new(Vec::new()),
@@ -58,7 +69,7 @@ impl ConnLimit {
         self.cap
     }
 
-    /// Connections open right now.
+    /// Sockets counted right now (two per open connection).
     pub fn open(&self) -> usize {
         *self.lock()
     }
@@ -78,8 +89,8 @@ impl ConnLimit {
         loop {
             {
                 let mut open = self.lock();
-                if *open < self.cap {
-                    *open += 1;
+                if *open + SOCKETS_PER_CONNECTION <= self.cap {
+                    *open += SOCKETS_PER_CONNECTION;
                     return Ok(Permit {
                         limit: Arc::clone(self),
                     });
@@ -93,13 +104,14 @@ impl ConnLimit {
                 return Err(Error::new(
                     Kind::Busy,
                     format!(
-                        "{label}: all {} connections allowed (--max-total-connections) are in use",
+                        "{label}: all {} connections allowed (--max-total-connections {}) are in use",
+                        self.cap / SOCKETS_PER_CONNECTION,
                         self.cap
                     ),
                 ));
             }
             let open = self.lock();
-            if *open >= self.cap {
+            if *open + SOCKETS_PER_CONNECTION > self.cap {
                 let _ = self
                     .freed
                     .wait_timeout(open, (deadline - now).min(RECHECK))
@@ -134,16 +146,17 @@ mod tests {
 
     #[test]
     fn permits_are_capped_and_come_back_on_drop() {
-        let limit = ConnLimit::new(2);
+        // Two connections.
+        let limit = ConnLimit::new(4);
         let soon = || Instant::now() + Duration::from_millis(20);
         let a = limit.acquire("s", soon()).unwrap();
         let _b = limit.acquire("s", soon()).unwrap();
-        assert_eq!(limit.open(), 2);
+        assert_eq!(limit.open(), 4);
         let e = limit.acquire("s", soon()).err().unwrap();
         assert_eq!(e.kind, Kind::Busy);
         assert!(e.message.contains("--max-total-connections"));
         drop(a);
-        assert_eq!(limit.open(), 1);
+        assert_eq!(limit.open(), 2);
         let l2 = Arc::clone(&limit);
         // A waiter gets the permit freed while it waits.
         let held = limit.acquire("s", soon()).unwrap();
@@ -156,8 +169,13 @@ mod tests {
         assert!(t.join().unwrap());
         assert_eq!(
             limit.open(),
-            1,
+            2,
             "the waiter's permit was dropped with its thread"
+        );
+        assert_eq!(
+            ConnLimit::new(1).cap(),
+            2,
+            "room for one connection at least"
         );
     }
 }
