@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Many servers in one mount: time to mount, cold `find`, peak RSS, threads and open fds.
 #
-#     scripts/scale.sh [--servers 1000] [--entries 1000] [--timeout 5] [--max-total N]
+#     scripts/scale.sh [--servers 1000] [--entries 1000] [--dead-every 10] [--timeout 5]
+#                      [--max-total N]
 #
 # As root: one pyftpdlib process (scripts/lib/scale_ftpd.py) serves SERVERS servers on as
 # many loopback addresses (127.1.x.y, one port), each with ENTRIES files of its own under
-# sNNNN/ plus 10 mirrored files under shared/; every tenth server is dead (half refuse
-# connections, half accept and never greet). ftpcircle-fs (release build) mounts them all;
+# sNNNN/ plus 10 mirrored files under shared/; every DEAD_EVERY-th server is dead (0: none),
+# alternately refusing connections and accepting but never greeting. ftpcircle-fs (release build) mounts them all;
 # the script reports how long the mount took to come up (the daemon returns when it is
 # usable), a cold `find` (checked against the exact expected path set), a read of a file only
 # the last live server has, the daemon's peak RSS (VmHWM) and its peak thread and fd counts
@@ -20,12 +21,14 @@ N=1000
 M=1000
 TIMEOUT=5
 TOTAL=
+DEAD_EVERY=10
 while [ $# -gt 0 ]; do
     case $1 in
         --servers) N=$2; shift 2 ;;
         --entries) M=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --max-total) TOTAL=$2; shift 2 ;;
+        --dead-every) DEAD_EVERY=$2; shift 2 ;;
         *) ftpc_die "unknown argument: $1" ;;
     esac
 done
@@ -52,13 +55,14 @@ trap cleanup EXIT
 PORT=$(ftpc_free_port)
 ftpc_log "serving $N servers x $M entries on 127.1.x.y:$PORT"
 ftpc_spawn "$WORK/srv.pid" "$WORK/srv.out" "$FTPC_PYTHON" scripts/lib/scale_ftpd.py \
-    --servers "$N" --entries "$M" --port "$PORT"
+    --servers "$N" --entries "$M" --port "$PORT" --dead-every "$DEAD_EVERY"
 for ((i = 0; i < 600; i++)); do
     grep -q '^ready' "$WORK/srv.out" 2>/dev/null && break
     sleep 0.1
 done
 grep -q '^ready' "$WORK/srv.out" || ftpc_die "scale server did not start: $(cat "$WORK/srv.out")"
-"$FTPC_PYTHON" scripts/lib/scale_ftpd.py --servers "$N" --entries "$M" --expect "$WORK/expected"
+"$FTPC_PYTHON" scripts/lib/scale_ftpd.py --servers "$N" --entries "$M" \
+    --dead-every "$DEAD_EVERY" --expect "$WORK/expected"
 
 "$FTPC_PYTHON" - "$N" "$PORT" >"$WORK/serverlist.txt" <<'EOF'
 import sys
@@ -97,7 +101,9 @@ LC_ALL=C sort "$WORK/expected" -o "$WORK/expected"
 paths=PASS
 cmp -s "$WORK/found" "$WORK/expected" || paths=FAIL
 last=$((N - 1))
-while [ $((last % 10)) -eq 9 ]; do last=$((last - 1)); done
+if [ "$DEAD_EVERY" -gt 0 ]; then
+    while [ $((last % DEAD_EVERY)) -eq $((DEAD_EVERY - 1)) ]; do last=$((last - 1)); done
+fi
 top=$(printf 's%04d' "$last")
 want="$last:/$top/d000/f000"
 got=$(cat "$MNT/$top/d000/f000" || true)
@@ -113,7 +119,8 @@ now_t=$(awk '$1 == "Threads:" {print $2}' "/proc/$pid/status")
 unusable=$(grep -c . "$WORK/mount.err" || true)
 ftpc_unmount "$MNT"
 
-dead=$((N / 10))
+dead=0
+[ "$DEAD_EVERY" -gt 0 ] && dead=$((N / DEAD_EVERY))
 cat <<EOF
 servers:           $N ($dead dead: $(( (dead + 1) / 2 )) refusing, $((dead / 2)) silent), --timeout $TIMEOUT
 mount ready:       ${mount_s}s ($unusable line(s) on stderr)

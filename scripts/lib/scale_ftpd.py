@@ -7,9 +7,9 @@ read-only tree (nothing on disk):
     /shared/m000 .. m009          the same 10 files on every server (mirrors)
     /sNNNN/dKKK/fJJJ              M files of its own, 100 per directory
 
-Every tenth server (i % 10 == 9) is dead: the odd ones have no listener at all (connection
-refused), the even ones a silent listener that accepts nothing and never greets (the client
-waits out its timeout).  `--expect FILE` writes the exact path set a `find` of the merged mount
+With --dead-every K (default 10; 0 for none) every K-th server (i % K == K - 1) is dead:
+alternately one with no listener at all (connection refused) and one with a silent listener
+that never greets (the client waits out its timeout).  `--expect FILE` writes the exact path set a `find` of the merged mount
 prints (relative, sorted), and exits.
 """
 import argparse
@@ -29,12 +29,15 @@ def addr(i):
     return "127.1.%d.%d" % (i // 250, i % 250 + 1)
 
 
+DEAD_EVERY = 10
+
+
 def dead(i):
-    return i % 10 == 9
+    return DEAD_EVERY > 0 and i % DEAD_EVERY == DEAD_EVERY - 1
 
 
 def refused(i):
-    return dead(i) and (i // 10) % 2 == 1
+    return dead(i) and (i // DEAD_EVERY) % 2 == 1
 
 
 def content(i, path):
@@ -97,7 +100,10 @@ def main():
     p.add_argument("--entries", type=int, required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--expect")
+    p.add_argument("--dead-every", type=int, default=10)
     a = p.parse_args()
+    global DEAD_EVERY
+    DEAD_EVERY = a.dead_every
     if a.expect:
         with open(a.expect, "w") as f:
             f.write("\n".join(expected(a.servers, a.entries)) + "\n")
