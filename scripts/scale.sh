@@ -2,7 +2,7 @@
 # Many servers in one mount: time to mount, cold `find`, peak RSS, threads and open fds.
 #
 #     scripts/scale.sh [--servers 1000] [--entries 1000] [--dead-every 10] [--timeout 5]
-#                      [--max-total N]
+#                      [--max-total N] [--bin PATH]
 #
 # As root: one pyftpdlib process (scripts/lib/scale_ftpd.py) serves SERVERS servers on as
 # many loopback addresses (127.1.x.y, one port), each with ENTRIES files of its own under
@@ -11,7 +11,8 @@
 # the script reports how long the mount took to come up (the daemon returns when it is
 # usable), a cold `find` (checked against the exact expected path set), a read of a file only
 # the last live server has, the daemon's peak RSS (VmHWM) and its peak thread and fd counts
-# (sampled every 0.1 s), then one markdown table row.
+# (sampled every 0.1 s), then one markdown table row. --bin measures another build (e.g. an
+# older commit's) instead of this tree's release build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib/servers.sh
@@ -22,6 +23,7 @@ M=1000
 TIMEOUT=5
 TOTAL=
 DEAD_EVERY=10
+BIN=
 while [ $# -gt 0 ]; do
     case $1 in
         --servers) N=$2; shift 2 ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
         --timeout) TIMEOUT=$2; shift 2 ;;
         --max-total) TOTAL=$2; shift 2 ;;
         --dead-every) DEAD_EVERY=$2; shift 2 ;;
+        --bin) BIN=$(realpath "$2"); shift 2 ;;
         *) ftpc_die "unknown argument: $1" ;;
     esac
 done
@@ -36,9 +39,11 @@ done
 
 ftpc_need_root
 ftpc_ensure_packages
-ftpc_ensure_cargo
-cargo build --release --quiet
-BIN=$PWD/target/release/ftpcircle-fs
+if [ -z "$BIN" ]; then
+    ftpc_ensure_cargo
+    cargo build --release --quiet
+    BIN=$PWD/target/release/ftpcircle-fs
+fi
 
 WORK=$(mktemp -d /tmp/ftpcircle-scale.XXXXXX)
 MNT=$WORK/mnt
