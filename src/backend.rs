@@ -49,8 +49,42 @@ pub enum Precision {
     Day,
 }
 
-/// Symlink targets of one directory: (name, target) pairs.
-pub type LinkTargets = Vec<(Vec<u8>, Vec<u8>)>;
+/// The symlinks of one directory as its `ls -l` listing gives them (each with its target).
+pub type LinkTargets = Vec<RawEntry>;
+
+/// A file hash a server can compute for us (FEAT `HASH`, draft-bryan-ftpext-hash, or proftpd
+/// mod_digest's `XSHA256`/`XSHA1`/`XMD5`/`XCRC`), strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HashAlgo {
+    Sha256,
+    Sha1,
+    Md5,
+    Crc32,
+}
+
+impl HashAlgo {
+    pub const ALL: [HashAlgo; 4] = [
+        HashAlgo::Sha256,
+        HashAlgo::Sha1,
+        HashAlgo::Md5,
+        HashAlgo::Crc32,
+    ];
+
+    /// One bit per algorithm, for sets of them.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// Length of the hash in hex digits.
+    pub fn hex_len(self) -> usize {
+        match self {
+            HashAlgo::Sha256 => 64,
+            HashAlgo::Sha1 => 40,
+            HashAlgo::Md5 => 32,
+            HashAlgo::Crc32 => 8,
+        }
+    }
+}
 
 /// Who is waiting for a network call. Background work (prefetch) only uses a connection the
 /// server has to spare and yields to any foreground request waiting for one.
@@ -71,9 +105,9 @@ pub trait Backend: Send + Sync {
     fn base(&self, server: usize) -> &[u8];
     /// The entries of one directory on one server (already validated: no `.`/`..`, no `/`).
     fn list(&self, server: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>>;
-    /// The targets of the symlinks in directory `path`, as (name, target), for a listing that
-    /// named symlinks without their targets (proftpd's MLSD says `type=OS.unix=symlink`): the
-    /// FTP backend asks for the directory's `ls -l` listing (STAT or LIST), whose lines read
+    /// The symlinks of directory `path`, with their targets, for a listing that named symlinks
+    /// without their targets (proftpd's MLSD says `type=OS.unix=symlink`): the FTP backend
+    /// asks for the directory's `ls -l` listing (STAT or LIST), whose lines read
     /// `name -> target`. Called at most once per listing fetched.
     fn symlink_targets(
         &self,
@@ -82,6 +116,25 @@ pub trait Backend: Send + Sync {
         _prio: Priority,
     ) -> Result<LinkTargets> {
         Ok(Vec::new())
+    }
+    /// The hash algorithms the server offers, as [`HashAlgo::bit`]s (0: none, or not known
+    /// yet: learnt from FEAT at its first connection).
+    fn hash_algos(&self, _server: usize) -> u8 {
+        0
+    }
+    /// The hash of the whole file `path` with `algo`, as lowercase hex digits. Servers compute
+    /// it by reading the whole file: only worth asking when it settles something.
+    fn hash(
+        &self,
+        server: usize,
+        _path: &[u8],
+        algo: HashAlgo,
+        _prio: Priority,
+    ) -> Result<Vec<u8>> {
+        Err(crate::error::Error::new(
+            crate::error::Kind::Protocol,
+            format!("{}: no {algo:?} hash command", self.label(server)),
+        ))
     }
     /// The server is known not to answer right now: don't wait for it.
     fn is_down(&self, _server: usize) -> bool {

@@ -224,9 +224,11 @@ impl ListingCache {
 }
 
 /// Fill in the symlink targets a listing left out, with one more listing of the directory
-/// (see [`Backend::symlink_targets`]), only when there is a symlink without target. A link
-/// whose target that listing does not give either stays without one (the merge leaves it
-/// out); a failure of that listing is the listing's failure (retried after [`ERROR_TTL`]).
+/// (see [`Backend::symlink_targets`]), only when there is a symlink without target. That
+/// listing also brings the symlinks the first one left out altogether (proftpd's MLSD skips
+/// links whose target does not exist: dangling ones, loops). A link whose target it does not
+/// give either stays without one (the merge leaves it out); a failure of that listing is the
+/// listing's failure (retried after [`ERROR_TTL`]).
 fn with_targets(
     backend: &dyn Backend,
     server: usize,
@@ -238,14 +240,20 @@ fn with_targets(
     if !entries.iter().any(unknown) {
         return Ok(entries);
     }
-    let targets: HashMap<Vec<u8>, Vec<u8>> = backend
+    let mut links: HashMap<Vec<u8>, RawEntry> = backend
         .symlink_targets(server, path, prio)?
         .into_iter()
+        .filter(|e| matches!(&e.kind, EntryKind::Symlink(t) if !t.is_empty()))
+        .map(|e| (e.name.clone(), e))
         .collect();
-    for e in entries.iter_mut().filter(|e| unknown(e)) {
-        match targets.get(&e.name) {
-            Some(t) if !t.is_empty() => e.kind = EntryKind::Symlink(t.clone()),
-            _ => log::info!(
+    for e in entries.iter_mut() {
+        let listed = links.remove(&e.name);
+        if !unknown(e) {
+            continue;
+        }
+        match listed {
+            Some(link) => e.kind = link.kind,
+            None => log::info!(
                 "{}: /{}: the server does not say where symlink {:?} points; leaving it out",
                 backend.label(server),
                 String::from_utf8_lossy(path),
@@ -253,5 +261,8 @@ fn with_targets(
             ),
         }
     }
+    let mut missing: Vec<RawEntry> = links.into_values().collect();
+    missing.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.extend(missing);
     Ok(entries)
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::inodes::NodeKind;
-use super::reader::{Data, OpenFile};
+use super::reader::{Context, Data, OpenFile};
 use super::{Circle, DirEntry, lock_err, prefetch};
 use crate::error::{Error, Kind, Result};
 
@@ -136,15 +136,13 @@ impl Circle {
             n.opened = true;
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile::new(
-            Arc::clone(&self.backend),
-            Arc::clone(&self.readahead),
-            ino,
-            path,
-            size,
-            sources,
-            self.opts.max_wait,
-        );
+        let ctx = Context {
+            backend: Arc::clone(&self.backend),
+            pumps: Arc::clone(&self.readahead),
+            mirrors: Arc::clone(&self.mirrors),
+            max_wait: self.opts.max_wait,
+        };
+        let file = OpenFile::new(&ctx, ino, path, size, sources);
         if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {
             if let Some(data) = self.prefetched.take(file.path(), self.opts.max_wait)
                 && data.len() as u64 == size
@@ -170,7 +168,10 @@ impl Circle {
             .ok_or_else(|| Error::new(Kind::BadHandle, "bad file handle"))?;
         let res = file.read(off, len);
         if let Err(e) = &res
-            && matches!(e.kind, Kind::Stale | Kind::Unavailable | Kind::Protocol)
+            && matches!(
+                e.kind,
+                Kind::Stale | Kind::Unavailable | Kind::Protocol | Kind::Mismatch
+            )
         {
             // The file may have changed on the server: list its directory again next time.
             self.invalidate_parent(file.ino, file.path());

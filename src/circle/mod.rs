@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`inodes`] | the inode table: nodes, numbers, `forget` and dropping unreferenced nodes |
 //! | [`refresh`] | keeping a directory's merged listing fresh: fetch from all its servers (in parallel, on a bounded pool), merge, apply to the table |
-//! | [`merge`] | the merge rules (which copy wins, mirrors, conflicts, symlink targets) |
+//! | [`merge`] | the merge rules (which copy wins, mirror identity, conflicts, symlink targets) |
+//! | [`mirrors`] | copies found different by content, and file hashes |
 //! | [`cache`] | the per-(server, directory) listing cache and single-flight fetching |
 //! | [`server_set`] | the set of servers holding a node |
 //! | [`prefetch`] | what to fetch ahead of a walker (policy), its queue, workers and file cache |
@@ -30,6 +31,7 @@ pub mod cache;
 pub mod handles;
 pub mod inodes;
 pub mod merge;
+pub mod mirrors;
 pub mod prefetch;
 pub mod reader;
 pub mod reaper;
@@ -104,6 +106,8 @@ pub struct Circle {
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     conflicts_logged: Mutex<HashSet<Vec<u8>>>,
+    /// Copies found different by content, and file hashes (see [`mirrors`]).
+    mirrors: Arc<mirrors::Mirrors>,
     queue: Arc<Queue>,
     prefetched: FileCache,
 }
@@ -148,6 +152,7 @@ impl Circle {
             next_fh: AtomicU64::new(1),
             mounted_at: now,
             conflicts_logged: Mutex::new(HashSet::new()),
+            mirrors: Arc::default(),
             queue: Arc::new(Queue::default()),
             prefetched: FileCache::default(),
         }

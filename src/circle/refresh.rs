@@ -85,7 +85,8 @@ impl Circle {
         {
             return Err(e);
         }
-        let (merged, conflicts) = merge::merge(&ok, &|_, _, _| false);
+        let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
+        let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
         let expires = Instant::now()
             + if first_err.is_some() {
@@ -204,7 +205,8 @@ impl Circle {
             });
             let ino = match existing.and_then(|ino| nodes.get_mut(ino).map(|n| (ino, n))) {
                 Some((ino, n)) => {
-                    if n.size != m.size || n.mtime != mtime {
+                    // Other copies serve it now: pages cached from the old ones must go.
+                    if n.size != m.size || n.mtime != mtime || n.sources != sources {
                         n.opened = false;
                     }
                     n.size = m.size;
@@ -256,7 +258,8 @@ impl Circle {
         Ok(())
     }
 
-    /// Forget the merged and per-server listings of the directory holding `ino`.
+    /// Forget the merged and per-server listings of the directory holding `ino`, and let its
+    /// next open drop the pages the kernel cached of it.
     pub(super) fn invalidate_parent(&self, ino: u64, path: &[u8]) {
         let dir_path = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => &path[..i],
@@ -265,6 +268,10 @@ impl Circle {
         let Ok(mut nodes) = self.nodes.write() else {
             return;
         };
+        // The pages the kernel cached may be of another version or another copy.
+        if let Some(n) = nodes.get_mut(ino) {
+            n.opened = false;
+        }
         let parent = nodes.get(ino).map_or(ROOT, |n| n.parent);
         let servers = match nodes.get_mut(parent) {
             Some(Node {

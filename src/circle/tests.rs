@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::*;
-use crate::backend::{ByteStream, LinkTargets};
+use crate::backend::{ByteStream, HashAlgo, LinkTargets};
 use crate::backend::{EntryKind, RawEntry};
 
 #[derive(Default)]
@@ -20,6 +20,8 @@ struct MockServer {
     /// Directory -> its `ls -l` symlink targets (name, target), for listings that name
     /// symlinks without target (proftpd's MLSD).
     link_targets: HashMap<Vec<u8>, LinkTargets>,
+    /// Hash algorithms offered ([`HashAlgo::bit`]s).
+    hash_algos: u8,
 }
 
 type Listings = HashMap<(usize, Vec<u8>), Vec<RawEntry>>;
@@ -33,6 +35,8 @@ struct Mock {
     opens: Mutex<Vec<(usize, u64)>>,
     /// (server, directory) of every `symlink_targets` call.
     target_lists: Mutex<Vec<(usize, Vec<u8>)>>,
+    /// (server, path) of every hash asked.
+    hashes: Mutex<Vec<(usize, Vec<u8>)>>,
 }
 
 impl Mock {
@@ -104,6 +108,22 @@ impl Backend for Mock {
             return Ok(l.clone());
         }
         srv.dirs.get(path).cloned().ok_or_else(Error::not_found)
+    }
+    fn hash_algos(&self, s: usize) -> u8 {
+        self.servers[s].hash_algos
+    }
+    fn hash(&self, s: usize, path: &[u8], algo: HashAlgo, _prio: Priority) -> Result<Vec<u8>> {
+        self.hashes.lock().unwrap().push((s, path.to_vec()));
+        let srv = &self.servers[s];
+        if srv.down || srv.hash_algos & algo.bit() == 0 {
+            return Err(Error::new(Kind::Protocol, "no hash"));
+        }
+        let data = srv.files.get(path).ok_or_else(Error::not_found)?;
+        // Not a real SHA-256: any function of all the bytes serves the test (FNV-1a).
+        let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        Ok(format!("{h:016x}").into_bytes())
     }
     fn symlink_targets(&self, s: usize, path: &[u8], _prio: Priority) -> Result<LinkTargets> {
         self.target_lists.lock().unwrap().push((s, path.to_vec()));
@@ -423,17 +443,20 @@ fn proftpd_like() -> Mock {
         ],
     );
     s0.dirs.insert(b"plain".to_vec(), vec![file("x", 1)]);
+    // As proftpd's STAT gives them: with targets, and with the links its MLSD left out.
     s0.link_targets.insert(
         b"pub".to_vec(),
         vec![
-            (b"rel".to_vec(), b"f".to_vec()),
-            (b"abs".to_vec(), b"/pub/f".to_vec()),
-            (b"evil".to_vec(), b"../../../../../../etc/passwd".to_vec()),
-            (b"given".to_vec(), b"other".to_vec()),
+            link("rel", "f"),
+            link("abs", "/pub/f"),
+            link("evil", "../../../../../../etc/passwd"),
+            link("given", "other"),
+            link("dangling", "nowhere"),
+            link("f", "a file in MLSD: not taken from here"),
         ],
     );
     s0.link_targets
-        .insert(b"".to_vec(), vec![(b"top".to_vec(), b"pub".to_vec())]);
+        .insert(b"".to_vec(), vec![link("top", "pub")]);
     Mock {
         servers: vec![s0],
         ..Default::default()
@@ -445,7 +468,10 @@ fn symlinks_without_target_are_resolved_with_one_listing_per_directory() {
     let (mock, c) = circle(proftpd_like(), Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     assert_eq!(names(&c, ROOT), ["plain", "pub", "top"]);
-    assert_eq!(names(&c, pub_), ["abs", "evil", "f", "given", "rel"]);
+    assert_eq!(
+        names(&c, pub_),
+        ["abs", "dangling", "evil", "f", "given", "rel"]
+    );
     let target = |name: &[u8]| {
         let a = c.lookup(pub_, name).unwrap();
         assert_eq!(a.kind, FileKind::Symlink, "{name:?}");
@@ -456,6 +482,12 @@ fn symlinks_without_target_are_resolved_with_one_listing_per_directory() {
     assert_eq!(target(b"abs"), "f");
     assert_eq!(target(b"evil"), "../etc/passwd", "stays inside the mount");
     assert_eq!(target(b"given"), "f", "a target MLSD gave is kept");
+    assert_eq!(
+        target(b"dangling"),
+        "nowhere",
+        "a link MLSD left out is added"
+    );
+    assert_eq!(c.lookup(pub_, b"f").unwrap().kind, FileKind::File);
     // Unresolvable: left out, never a file that gives EIO.
     assert_eq!(c.lookup(pub_, b"lost").unwrap_err().kind, Kind::NotFound);
     let top = c.lookup(ROOT, b"top").unwrap();
@@ -678,4 +710,165 @@ fn opening_for_writing_is_erofs_and_dot_dot_of_a_subdirectory_is_its_parent() {
         c.read(9999, 0, 1).err().map(|e| e.errno()),
         Some(libc::EBADF)
     );
+}
+
+/// Two servers with `pub/x.bin` of the same size: s0's copy is `x`, s1's is `other`; s0's
+/// transfers break after 1 MB.
+fn two_copies(x: Vec<u8>, other: Vec<u8>) -> Mock {
+    assert_eq!(x.len(), other.len());
+    let mut m = Mock::default();
+    for (i, data) in [x, other].into_iter().enumerate() {
+        let mut srv = MockServer::default();
+        srv.dirs.insert(b"".to_vec(), vec![dir("pub")]);
+        srv.dirs
+            .insert(b"pub".to_vec(), vec![file("x.bin", data.len())]);
+        srv.files.insert(b"pub/x.bin".to_vec(), data);
+        if i == 0 {
+            srv.drop_after = Some(1_000_000);
+        }
+        m.servers.push(srv);
+    }
+    m
+}
+
+/// Read the whole file in 128 KiB requests; what arrived and how it ended.
+fn read_until_error(c: &Circle, ino: u64) -> (Vec<u8>, Result<()>) {
+    let (fh, _) = c.open(ino, libc::O_RDONLY).unwrap();
+    let mut out = Vec::new();
+    // Bounded by the file size: each turn reads at least one byte, ends or fails.
+    let res = loop {
+        match c.read(fh, out.len() as u64, 128 * 1024) {
+            Ok(d) if d.as_slice().is_empty() => break Ok(()),
+            Ok(d) => out.extend_from_slice(d.as_slice()),
+            Err(e) => break Err(e),
+        }
+    };
+    c.release(fh);
+    (out, res)
+}
+
+#[test]
+fn splicing_a_copy_checks_the_bytes_just_before_the_splice() {
+    let data = bytes(3_000_000, 7);
+    let (mock, c) = circle(
+        two_copies(data.clone(), data.clone()),
+        Duration::from_secs(60),
+    );
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), data);
+    let opens = mock.opens.lock().unwrap().clone();
+    assert_eq!(opens[0], (0, 0));
+    let on_s1: Vec<u64> = opens.iter().filter(|o| o.0 == 1).map(|o| o.1).collect();
+    assert_eq!(
+        on_s1,
+        [1_000_000 - reader::OVERLAP as u64],
+        "the mirror starts {} bytes before the splice: {opens:?}",
+        reader::OVERLAP
+    );
+}
+
+#[test]
+fn splicing_a_copy_with_other_bytes_fails_and_never_mixes() {
+    let data = bytes(3_000_000, 7);
+    let other = bytes(3_000_000, 8);
+    let (mock, c) = circle(two_copies(data.clone(), other), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    let err = res.unwrap_err();
+    assert_eq!(
+        (err.kind, err.errno()),
+        (Kind::Mismatch, libc::EIO),
+        "{err}"
+    );
+    assert!(
+        got.len() <= 1_000_000 && data.starts_with(&got),
+        "{} bytes before the error, not all from the first copy",
+        got.len()
+    );
+    // Never mirrors again: the merge now hides s1's copy, reads never go there.
+    let before = mock.opens.lock().unwrap().len();
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert!(
+        res.is_err(),
+        "s0 still breaks after 1 MB and has no mirror now"
+    );
+    assert!(data.starts_with(&got));
+    let opens = mock.opens.lock().unwrap()[before..].to_vec();
+    assert!(opens.iter().all(|o| o.0 == 0), "{opens:?}");
+    assert!(c.mirrors.differ(b"pub/x.bin", 1, 0));
+}
+
+#[test]
+fn hashes_refute_copies_that_agree_at_the_splice() {
+    // The copies differ far from the splice: the overlap alone cannot tell.
+    let data = bytes(3_000_000, 7);
+    let mut other = data.clone();
+    other[2_500_000] ^= 1;
+    let sha = HashAlgo::Sha256.bit();
+    let mut m = two_copies(data.clone(), other.clone());
+    m.servers[0].hash_algos = sha | HashAlgo::Md5.bit();
+    m.servers[1].hash_algos = sha;
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert_eq!(res.unwrap_err().kind, Kind::Mismatch);
+    assert!(data.starts_with(&got));
+    let mut asked = mock.hashes.lock().unwrap().clone();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [(0, b"pub/x.bin".to_vec()), (1, b"pub/x.bin".to_vec())]
+    );
+
+    // Without a common algorithm the splice check is all there is, and a difference away
+    // from the splice point goes unseen (the documented limit).
+    let mut m = two_copies(data.clone(), other.clone());
+    m.servers[0].hash_algos = HashAlgo::Md5.bit();
+    m.servers[1].hash_algos = sha;
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), other);
+    assert!(mock.hashes.lock().unwrap().is_empty());
+}
+
+#[test]
+fn equal_hashes_are_asked_once_and_reused() {
+    let data = bytes(3_000_000, 7);
+    let mut m = two_copies(data.clone(), data.clone());
+    m.servers[0].hash_algos = HashAlgo::Sha1.bit();
+    m.servers[1].hash_algos = HashAlgo::Sha1.bit();
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    for _ in 0..3 {
+        assert_eq!(read_all(&c, x).unwrap(), data);
+    }
+    assert_eq!(mock.hashes.lock().unwrap().len(), 2, "one per server");
+}
+
+#[test]
+fn a_splice_onto_a_copy_without_rest_reads_up_to_the_overlap() {
+    let data = bytes(3_000_000, 7);
+    let mut m = two_copies(data.clone(), data.clone());
+    m.servers[1].no_rest = true;
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), data);
+
+    let mut other = data.clone();
+    other[1_000_000 - 10] ^= 0xff;
+    let mut m = two_copies(data.clone(), other);
+    m.servers[1].no_rest = true;
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert_eq!(res.unwrap_err().kind, Kind::Mismatch);
+    assert!(data.starts_with(&got));
 }

@@ -25,6 +25,7 @@ use suppaftp::{
     TlsConnector, TlsStream, TransferStream,
 };
 
+use crate::backend::HashAlgo;
 use crate::error::{Error, Kind, Result};
 use crate::ftp::listing::Format;
 use crate::serverlist::{ServerSpec, Tls};
@@ -73,6 +74,10 @@ pub struct Feats {
     pub utf8: bool,
     pub size: bool,
     pub mdtm: bool,
+    /// Algorithms of the `HASH` command ([`HashAlgo::bit`]s).
+    pub hash_cmd: u8,
+    /// Algorithms of proftpd mod_digest's `XSHA256`/`XSHA1`/`XMD5`/`XCRC` commands.
+    pub x_hash: u8,
 }
 
 /// Wraps suppaftp's rustls connector so every TLS socket (control and data) gets our timeouts.
@@ -191,7 +196,12 @@ impl Conn {
         ftp.transfer_type(FileType::Binary)
             .map_err(|e| ftp_err(label, "TYPE I", e))?;
         let feats = match ftp.feat() {
-            Ok(map) => parse_feats(map.keys().map(String::as_str), map.get("REST")),
+            Ok(map) => {
+                let mut f = parse_feats(map.keys().map(String::as_str), map.get("REST"));
+                (f.hash_cmd, f.x_hash) =
+                    hash_feats(map.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
+                f
+            }
             Err(_) => Feats::default(),
         };
         if feats.utf8 {
@@ -295,6 +305,52 @@ impl Conn {
         let res = self.list_dir(label, path, allow_stat);
         self.feats.mlsd = mlsd;
         res.map(|(_, lines)| lines)
+    }
+
+    /// The hash of the whole file `path` with `algo`, as lowercase hex: `OPTS HASH` + `HASH`
+    /// where offered (its reply `213 SHA-256 0-49 <hex> <name>`), else proftpd's X-command
+    /// (`250 <hex>`), only for names without spaces (its optional range arguments would make
+    /// a name with spaces ambiguous).
+    pub fn file_hash(&mut self, label: &str, path: &[u8], algo: HashAlgo) -> Result<Vec<u8>> {
+        check_arg(label, path)?;
+        let wire = bytes_to_wire(path);
+        let what = format!("{algo:?} of {}", String::from_utf8_lossy(path));
+        self.last_used = Instant::now();
+        let (reply, token) = if self.feats.hash_cmd & algo.bit() != 0 {
+            let opts = format!("OPTS HASH {}", hash_name(algo));
+            self.ftp
+                .custom_command(opts, &[Status::CommandOk])
+                .map_err(|e| ftp_err(label, &what, e))?;
+            let r = self
+                .ftp
+                .custom_command(format!("HASH {wire}"), &[Status::File])
+                .map_err(|e| ftp_err(label, &what, e))?;
+            (r.body, 2)
+        } else if self.feats.x_hash & algo.bit() != 0 && !path.contains(&b' ') {
+            let r = self
+                .ftp
+                .custom_command(
+                    format!("{} {wire}", x_command(algo)),
+                    &[Status::RequestedFileActionOk],
+                )
+                .map_err(|e| ftp_err(label, &what, e))?;
+            (r.body, 0)
+        } else {
+            return Err(Error::new(
+                Kind::Protocol,
+                format!("{label}: {what}: no hash command for it"),
+            ));
+        };
+        self.last_used = Instant::now();
+        parse_hash_reply(&reply, token, algo).ok_or_else(|| {
+            Error::new(
+                Kind::Protocol,
+                format!(
+                    "{label}: {what}: unreadable reply {:?}",
+                    String::from_utf8_lossy(reply.get(..200.min(reply.len())).unwrap_or(&[]))
+                ),
+            )
+        })
     }
 
     /// `STAT <dir>`: the listing lines, or None if this server does not list with STAT.
@@ -460,6 +516,76 @@ pub fn parse_feats<'a>(
     f
 }
 
+/// The algorithms of the hash commands in FEAT, as (`HASH` algorithms, X-command algorithms):
+/// `HASH SHA-256*;SHA-1;MD5;CRC32` (draft-bryan-ftpext-hash; `*` marks the current one) and
+/// proftpd mod_digest's `XSHA256`, `XSHA1`, `XMD5`, `XCRC`.
+pub fn hash_feats<'a>(feats: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> (u8, u8) {
+    let (mut hash, mut x) = (0, 0);
+    for (key, value) in feats {
+        let key = key.trim().to_ascii_uppercase();
+        if key == "HASH" {
+            for name in value.unwrap_or("").split(';') {
+                let name = name.trim().trim_end_matches('*').to_ascii_uppercase();
+                if let Some(a) = HashAlgo::ALL.into_iter().find(|&a| hash_name(a) == name) {
+                    hash |= a.bit();
+                }
+            }
+        } else if let Some(a) = HashAlgo::ALL.into_iter().find(|&a| x_command(a) == key) {
+            x |= a.bit();
+        }
+    }
+    (hash, x)
+}
+
+/// The algorithm's name in `HASH` and `OPTS HASH`.
+fn hash_name(algo: HashAlgo) -> &'static str {
+    match algo {
+        HashAlgo::Sha256 => "SHA-256",
+        HashAlgo::Sha1 => "SHA-1",
+        HashAlgo::Md5 => "MD5",
+        HashAlgo::Crc32 => "CRC32",
+    }
+}
+
+/// proftpd mod_digest's command for the algorithm.
+fn x_command(algo: HashAlgo) -> &'static str {
+    match algo {
+        HashAlgo::Sha256 => "XSHA256",
+        HashAlgo::Sha1 => "XSHA1",
+        HashAlgo::Md5 => "XMD5",
+        HashAlgo::Crc32 => "XCRC",
+    }
+}
+
+/// The hex hash in the last line of a hash reply (`213 SHA-256 0-49 <hex> <name>`: token 2
+/// after the code; `250 <hex>`: token 0), lowercased, checked to have the algorithm's length (a CRC may come
+/// without its leading zeros).
+fn parse_hash_reply(body: &[u8], token: usize, algo: HashAlgo) -> Option<Vec<u8>> {
+    // The answer is on the last line: proftpd sends `250-Computing SHA256 digest` first.
+    let line = body
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .rfind(|l| !l.is_empty())?;
+    if line.get(3) != Some(&b' ') {
+        return None;
+    }
+    let text = line.get(4..)?;
+    let hex = text
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(token)?;
+    let hex = hex.strip_suffix(b"\r").unwrap_or(hex);
+    if hex.is_empty() || hex.len() > algo.hex_len() || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    if hex.len() != algo.hex_len() && algo != HashAlgo::Crc32 {
+        return None;
+    }
+    let mut out = vec![b'0'; algo.hex_len() - hex.len()];
+    out.extend(hex.iter().map(u8::to_ascii_lowercase));
+    Some(out)
+}
+
 pub fn net_err(label: &str, what: &str, e: &io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
@@ -520,6 +646,63 @@ mod tests {
         let rest = Some("STREAM".to_string());
         let f = parse_feats(["mlst", "EPSV", " UTF8", "SIZE"].into_iter(), Some(&rest));
         assert!(f.mlsd && f.epsv && f.utf8 && f.size && f.rest_stream && !f.mdtm);
+    }
+
+    #[test]
+    fn hash_commands_are_read_from_feat() {
+        let feats = [
+            ("HASH", Some("SHA-256*;SHA-512;sha-1;MD5")),
+            ("XCRC", None),
+            ("XMD5", None),
+            ("MLST", Some("type*;size*;modify*;")),
+        ];
+        let (hash, x) = hash_feats(feats.into_iter());
+        use HashAlgo::*;
+        assert_eq!(hash, Sha256.bit() | Sha1.bit() | Md5.bit());
+        assert_eq!(x, Crc32.bit() | Md5.bit());
+        assert_eq!(
+            hash_feats([("XSHA256", None)].into_iter()),
+            (0, Sha256.bit())
+        );
+        assert_eq!(hash_feats([("HASH", None)].into_iter()), (0, 0));
+    }
+
+    #[test]
+    fn hash_replies_are_parsed_and_checked() {
+        let sha = "a".repeat(64);
+        let reply = format!("213 SHA-256 0-49 {} some name.bin\r\n", sha.to_uppercase());
+        assert_eq!(
+            parse_hash_reply(reply.as_bytes(), 2, HashAlgo::Sha256),
+            Some(sha.clone().into_bytes())
+        );
+        let reply = format!("250 {sha}\r\n");
+        assert_eq!(
+            parse_hash_reply(reply.as_bytes(), 0, HashAlgo::Sha256),
+            Some(sha.into_bytes())
+        );
+        assert_eq!(
+            parse_hash_reply(b"250 1a2b\r\n", 0, HashAlgo::Crc32),
+            Some(b"00001a2b".to_vec())
+        );
+        // proftpd 1.3.8 says what it does first.
+        let reply = format!("250-Computing SHA256 digest\r\n250 {}\r\n", "0A".repeat(32));
+        assert_eq!(
+            parse_hash_reply(reply.as_bytes(), 0, HashAlgo::Sha256),
+            Some("0a".repeat(32).into_bytes())
+        );
+        let reply = b"213-Computing SHA-1 digest\r\n213 SHA-1 0-6 f572d396fae9206628714fb2ce00f72e94f2258f /pub/f.txt\r\n";
+        assert_eq!(
+            parse_hash_reply(reply, 2, HashAlgo::Sha1),
+            Some(b"f572d396fae9206628714fb2ce00f72e94f2258f".to_vec())
+        );
+        // Wrong length, not hex, nothing there.
+        assert_eq!(parse_hash_reply(b"250 abcd\r\n", 0, HashAlgo::Md5), None);
+        assert_eq!(parse_hash_reply(b"250 xyz\r\n", 0, HashAlgo::Crc32), None);
+        assert_eq!(
+            parse_hash_reply(b"213 SHA-1 0-1\r\n", 2, HashAlgo::Sha1),
+            None
+        );
+        assert_eq!(parse_hash_reply(b"", 0, HashAlgo::Sha1), None);
     }
 
     #[test]

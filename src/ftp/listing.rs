@@ -1386,6 +1386,59 @@ mod tests {
 
     // ----- DOS / IIS LIST -------------------------------------------------
 
+    /// proftpd 1.3.8 as captured: MLSD names symlinks without target, its STAT
+    /// listing (what the symlink resolution asks for) gives `name -> target`.
+    #[test]
+    fn proftpd_138_symlink_targets_come_from_its_ls_listing() {
+        let mlsd_lines: &[&[u8]] = &[
+            b"modify=20261201054550;perm=adfrw;size=6;type=file;unique=FE00U9906C2;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0644;UNIX.owner=0;UNIX.ownername=u; f.txt",
+            b"modify=20261201054550;perm=adfrw;size=3;type=OS.unix=symlink;unique=FE00U9906A3;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0777;UNIX.owner=0;UNIX.ownername=u; dirlink",
+            b"modify=20261201054551;perm=flcdmpe;type=cdir;unique=FE00U990682;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0755;UNIX.owner=0;UNIX.ownername=u; .",
+            b"modify=20261201054550;perm=adfrw;size=10;type=OS.unix=symlink;unique=FE00U9906C2;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0777;UNIX.owner=0;UNIX.ownername=u; abs",
+        ];
+        let mlsd = parse_listing(mlsd_lines, Format::Mlsd, now());
+        let kinds: Vec<(&[u8], &EntryKind)> = mlsd
+            .entries
+            .iter()
+            .map(|e| (e.name.as_slice(), &e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (&b"f.txt"[..], &EntryKind::File),
+                (b"dirlink", &EntryKind::Symlink(Vec::new())),
+                (b"abs", &EntryKind::Symlink(Vec::new())),
+            ]
+        );
+        let stat_lines: &[&[u8]] = &[
+            b"drwxr-xr-x   3 u        root         4096 Dec  1 05:45 .",
+            b"lrwxrwxrwx   1 u        root           10 Dec  1 05:45 abs -> /pub/f.txt",
+            b"lrwxrwxrwx   1 u        root            7 Dec  1 05:45 dangling -> nowhere",
+            b"lrwxrwxrwx   1 u        root            3 Dec  1 05:45 dirlink -> sub",
+            b"lrwxrwxrwx   1 u        root           28 Dec  1 05:45 evil -> ../../../../../../etc/passwd",
+            b"-rw-r--r--   1 u        root            6 Dec  1 05:45 f.txt",
+        ];
+        let ls = parse_listing(stat_lines, Format::List, now());
+        let targets: Vec<(&[u8], &[u8])> = ls
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Symlink(t) => Some((e.name.as_slice(), t.as_slice())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                (&b"abs"[..], &b"/pub/f.txt"[..]),
+                (b"dangling", b"nowhere"),
+                (b"dirlink", b"sub"),
+                (b"evil", b"../../../../../../etc/passwd"),
+            ]
+        );
+        assert!(ls.skipped.is_empty(), "{:?}", ls.skipped);
+    }
+
     #[test]
     fn mtime_precision_follows_the_format() {
         let p = |line: &[u8]| {

@@ -29,7 +29,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, LinkTargets, Priority};
+use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{Conn, Endpoint, Transfer};
 use crate::ftp::limit::{ConnLimit, Permit};
@@ -94,6 +94,8 @@ struct PoolState {
     down: Option<Down>,
     /// The server refused REST once: don't ask it for offsets again.
     no_rest: bool,
+    /// Hash algorithms its FEAT offers (HASH or X-commands), from its last new connection.
+    hash_algos: u8,
     /// Foreground requests waiting for a connection: background work yields to them.
     fg_waiting: usize,
 }
@@ -132,6 +134,7 @@ impl Server {
                 last_busy: None,
                 down: None,
                 no_rest: false,
+                hash_algos: 0,
                 fg_waiting: 0,
             }),
             freed: Condvar::new(),
@@ -274,7 +277,10 @@ impl Server {
                     .map_err(|e| (e, true))
             });
         match opened {
-            Ok(conn) => Ok(self.lease(Some(conn), false)),
+            Ok(conn) => {
+                self.lock().hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
+                Ok(self.lease(Some(conn), false))
+            }
             Err((e, false)) => {
                 self.lock().leased -= 1;
                 self.freed.notify_one();
@@ -569,6 +575,24 @@ impl Backend for FtpBackend {
         Ok(parsed.entries)
     }
 
+    fn hash_algos(&self, s: usize) -> u8 {
+        self.servers.get(s).map_or(0, |srv| srv.lock().hash_algos)
+    }
+
+    fn hash(&self, s: usize, path: &[u8], algo: HashAlgo, prio: Priority) -> Result<Vec<u8>> {
+        let server = self.server(s)?;
+        let spath = server.server_path(path);
+        // Not through `with_conn`: a hash that takes longer than the timeout (a big file on a
+        // slow disk) says nothing about the server's health, so it must not mark it down.
+        // The connection may be out of step after a failure: it is dropped.
+        let mut lease = server.acquire(prio)?;
+        let res = lease.conn_mut()?.file_hash(server.label(), &spath, algo);
+        if res.is_err() {
+            lease.discard();
+        }
+        res
+    }
+
     fn symlink_targets(&self, s: usize, path: &[u8], prio: Priority) -> Result<LinkTargets> {
         let server = self.server(s)?;
         let spath = server.server_path(path);
@@ -585,10 +609,7 @@ impl Backend for FtpBackend {
         Ok(parsed
             .entries
             .into_iter()
-            .filter_map(|e| match e.kind {
-                listing::EntryKind::Symlink(t) if !t.is_empty() => Some((e.name, t)),
-                _ => None,
-            })
+            .filter(|e| matches!(&e.kind, listing::EntryKind::Symlink(t) if !t.is_empty()))
             .collect())
     }
 
