@@ -421,6 +421,28 @@ impl Filesystem for CircleFs {
     }
 }
 
+/// Start the thread that invalidates, in the kernel, names that left their directory on the
+/// servers while the kernel held them (see [`Circle::watch_gone`]), so the kernel forgets
+/// them and the inode table can drop them. A separate thread: the kernel takes the directory's
+/// lock for it, which a request handler of that directory may be holding. Ends when the
+/// merged view is dropped.
+pub fn start_invalidator(circle: &Circle, notifier: fuser::Notifier) {
+    let gone = circle.watch_gone();
+    let spawned = std::thread::Builder::new()
+        .name("ftpc-inval".into())
+        .spawn(move || {
+            for (dir, name) in gone {
+                // ENOENT: the kernel had already dropped it.
+                if let Err(e) = notifier.inval_entry(INodeNo(dir), OsStr::from_bytes(&name)) {
+                    log::debug!("invalidating a gone name: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the invalidation thread: {e}");
+    }
+}
+
 /// Mount options: read-only always, our name, the user's `-o` options on top.
 pub fn config(user_opts: &[String]) -> Result<Config, String> {
     let mut cfg = Config::default();

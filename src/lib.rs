@@ -20,10 +20,11 @@ pub mod workers;
 
 /// Threads the daemon runs at most, whatever the number of servers or open files: the main
 /// thread, the signal waiter, the FUSE workers, the prefetch workers, the pool listing one
-/// directory across servers, the read-ahead pool, the probe scheduler and its pool, and the
-/// idle reaper (every pool's threads end after a while without work). Each term is a constant
-/// with its reason at its definition.
+/// directory across servers, the read-ahead pool, the probe scheduler and its pool, the idle
+/// reaper and the kernel invalidator (every pool's threads end after a while without work).
+/// Each term is a constant with its reason at its definition.
 pub const MAX_THREADS: usize = 1
+    + 1
     + 1
     + fuse::FUSE_THREADS
     + circle::prefetch::MAX_WORKERS

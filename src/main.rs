@@ -265,6 +265,7 @@ fn run(
     let fs = fuse::CircleFs::new(Arc::clone(&circle));
     let mut session = fuser::Session::new(fs, &args.mountpoint, &cfg)
         .map_err(|e| format!("mounting on {}: {e}", args.mountpoint.display()))?;
+    fuse::start_invalidator(&circle, session.notifier());
     log::info!(
         "mounted {} server(s) on {}",
         backend.servers(),

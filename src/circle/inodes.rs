@@ -6,6 +6,11 @@
 //! and that is no longer in its directory's merged listing (a name that went away, or changed
 //! kind) is dropped with whatever hangs below it, unless the kernel still holds any of that.
 //!
+//! The kernel keeps a name it once looked up until memory is short, even after the name went
+//! away on the server (it asks again only when that very name is used). So when a name the
+//! kernel holds leaves a listing, the adapter is told ([`Circle::watch_gone`]) and invalidates
+//! the kernel's entry; the kernel then forgets the inode and the node can go.
+//!
 //! Invariants:
 //! - a number stays with its node while the kernel holds it or the node is listed; it is given
 //!   to a new node only after both ended (so the kernel never sees two nodes under one number);
@@ -16,6 +21,7 @@
 //!   under its exclusive lock, after checking the counts.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Instant, SystemTime};
 
 use super::server_set::ServerSet;
@@ -56,6 +62,13 @@ pub(super) struct Node {
     /// table's shared lock, checked under its exclusive one before the node is dropped.
     pub(super) lookups: AtomicU32,
 }
+
+/// Names waiting to be invalidated in the kernel: 4096 (about 100 KiB) covers a directory
+/// tree replaced under a walker; beyond that the kernel keeps stale names until memory is short.
+pub const GONE_QUEUE: usize = 4096;
+
+/// Sends (directory, name) of names to invalidate in the kernel.
+pub(super) type GoneSender = SyncSender<(u64, Vec<u8>)>;
 
 /// Bound on the parent chain walked from a node (deeper trees are cut there).
 pub(super) const MAX_DEPTH: usize = 4096;
@@ -210,5 +223,37 @@ impl Circle {
         }
         parts.reverse();
         parts.join(&b'/')
+    }
+
+    /// Names the kernel may still hold that left their directory's listing, as (directory,
+    /// name), for the adapter to invalidate. At most [`GONE_QUEUE`] wait; more are dropped
+    /// (the kernel then keeps those until memory is short, as it would without this).
+    pub fn watch_gone(&self) -> Receiver<(u64, Vec<u8>)> {
+        let (tx, rx) = sync_channel(GONE_QUEUE);
+        if let Ok(mut g) = self.gone.lock() {
+            *g = Some(tx);
+        }
+        rx
+    }
+
+    pub(super) fn tell_gone(&self, held: Vec<(u64, Vec<u8>)>) {
+        if held.is_empty() {
+            return;
+        }
+        let Ok(g) = self.gone.lock() else {
+            return;
+        };
+        let Some(tx) = g.as_ref() else {
+            return;
+        };
+        for item in held {
+            match tx.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    log::debug!("invalidation queue full: the kernel keeps a stale name");
+                }
+                Err(TrySendError::Disconnected(_)) => break,
+            }
+        }
     }
 }

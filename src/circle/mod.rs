@@ -108,6 +108,8 @@ pub struct Circle {
     conflicts_logged: Mutex<HashSet<Vec<u8>>>,
     /// Copies found different by content, and file hashes (see [`mirrors`]).
     mirrors: Arc<mirrors::Mirrors>,
+    /// Where names the kernel holds that left their listing are sent (see [`inodes`]).
+    gone: Mutex<Option<inodes::GoneSender>>,
     queue: Arc<Queue>,
     prefetched: FileCache,
 }
@@ -153,6 +155,7 @@ impl Circle {
             mounted_at: now,
             conflicts_logged: Mutex::new(HashSet::new()),
             mirrors: Arc::default(),
+            gone: Mutex::new(None),
             queue: Arc::new(Queue::default()),
             prefetched: FileCache::default(),
         }

@@ -252,9 +252,17 @@ impl Circle {
         }
         // Nodes that left the listing go now unless the kernel still holds them (then at
         // their last `forget`).
+        let mut held = Vec::new();
         for c in gone {
-            nodes.collect(c);
+            if nodes.collect(c) == 0
+                && let Some(n) = nodes.get(c)
+            {
+                held.push((dir, n.name.to_vec()));
+            }
         }
+        drop(nodes);
+        // The kernel holds them: ask it to let go, so `forget` comes and they can be dropped.
+        self.tell_gone(held);
         Ok(())
     }
 

@@ -596,11 +596,15 @@ fn forget_drops_nodes_that_left_their_listing_and_keeps_held_ones() {
     let m = one_server(vec![dir("a")], &[("a", vec![file("x", 1)])]);
     // TTL 0: every call lists again, so a change on the server shows at once.
     let (mock, c) = circle(m, Duration::ZERO);
+    let gone = c.watch_gone();
     let a = c.lookup(ROOT, b"a").unwrap().ino;
     let x = c.lookup(a, b"x").unwrap().ino;
     assert_eq!(c.inode_count(), 3);
     mock.change(0, "", vec![dir("b")]);
     assert_eq!(names(&c, ROOT), ["b"]);
+    // The adapter is told to invalidate the name the kernel still holds.
+    assert_eq!(gone.try_recv().ok(), Some((ROOT, b"a".to_vec())));
+    assert!(gone.try_recv().is_err(), "x did not leave its listing");
     // `a` left the listing but the kernel holds it (and `x`): both stay, same numbers.
     assert_eq!(c.inode_count(), 4);
     assert_eq!(c.getattr(a).unwrap().ino, a);
