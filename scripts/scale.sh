@@ -57,13 +57,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=$(ftpc_free_port)
-ftpc_log "serving $N servers x $M entries on 127.1.x.y:$PORT"
-ftpc_spawn "$WORK/srv.pid" "$WORK/srv.out" "$FTPC_PYTHON" scripts/lib/scale_ftpd.py \
-    --servers "$N" --entries "$M" --port "$PORT" --dead-every "$DEAD_EVERY"
-for ((i = 0; i < 600; i++)); do
-    grep -q '^ready' "$WORK/srv.out" 2>/dev/null && break
-    sleep 0.1
+# A port free on 127.0.0.1 may be taken on one of the other addresses: try a few.
+for try in 1 2 3; do
+    PORT=$(ftpc_free_port)
+    ftpc_log "serving $N servers x $M entries on 127.1.x.y:$PORT"
+    : >"$WORK/srv.out"
+    ftpc_spawn "$WORK/srv.pid" "$WORK/srv.out" "$FTPC_PYTHON" scripts/lib/scale_ftpd.py \
+        --servers "$N" --entries "$M" --port "$PORT" --dead-every "$DEAD_EVERY"
+    for ((i = 0; i < 600; i++)); do
+        grep -q '^ready' "$WORK/srv.out" 2>/dev/null && break
+        ftpc_pid_matches "$(cat "$WORK/srv.pid")" scale_ftpd.py || break
+        sleep 0.1
+    done
+    grep -q '^ready' "$WORK/srv.out" && break
+    ftpc_stop_pidfile "$WORK/srv.pid" scale_ftpd.py
+    ftpc_log "scale server did not start (try $try): $(tail -1 "$WORK/srv.out")"
 done
 grep -q '^ready' "$WORK/srv.out" || ftpc_die "scale server did not start: $(cat "$WORK/srv.out")"
 "$FTPC_PYTHON" scripts/lib/scale_ftpd.py --servers "$N" --entries "$M" \
