@@ -21,6 +21,8 @@
 //!
 //! Invariants:
 //! - at most `budget <= max` connections per server exist at once (idle + leased);
+//! - every connection holds a permit of the global cap for exactly as long as it exists
+//!   (`Pooled`), so all servers together stay within `--max-total-connections`;
 //! - waiting for a connection is bounded by the network timeout;
 //! - a connection is returned to the pool only after a clean reply; one that saw an error or an
 //!   aborted transfer that did not end cleanly is dropped; an idle one is NOOP-checked before
