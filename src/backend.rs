@@ -5,8 +5,49 @@
 //! Paths here are relative to a server's root (its base path), as bytes, `/`-separated,
 //! without leading slash; the root itself is the empty path.
 
+use std::time::SystemTime;
+
 use crate::error::Result;
-use crate::ftp::listing::RawEntry;
+
+/// What a directory entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link with its target bytes; an empty target means unknown.
+    Symlink(Vec<u8>),
+}
+
+/// One validated directory entry as reported by the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    /// The entry's name, byte-faithful; never empty, `.` or `..`, and without `/`, NUL, CR
+    /// or LF (the network side checks).
+    pub name: Vec<u8>,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Size in bytes as reported (0 when not reported).
+    pub size: u64,
+    /// Modification time, when the server sent a usable one.
+    pub mtime: Option<SystemTime>,
+    /// How precisely the listing gave `mtime` (meaningless when `mtime` is `None`).
+    pub mtime_precision: Precision,
+}
+
+/// How precisely a listing gives a modification time: two copies can only be compared at the
+/// coarser precision of their two listings. Ordered from finest to coarsest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Precision {
+    /// MLSD `modify` (fractions are ignored), long-ISO LIST with seconds.
+    #[default]
+    Second,
+    /// Unix LIST `Mon DD HH:MM` (recent files), DOS/IIS LIST, long-ISO LIST without seconds.
+    Minute,
+    /// Unix LIST `Mon DD  YYYY` (files older than about six months): the day only.
+    Day,
+}
 
 /// The symlinks of one directory as its `ls -l` listing gives them (each with its target).
 pub type LinkTargets = Vec<RawEntry>;

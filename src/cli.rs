@@ -57,6 +57,10 @@ pub struct Args {
     /// Connections per server at most
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub max_connections: usize,
+    /// Sockets to servers at most, over all servers; a connection counts two (control and
+    /// data). Idle connections of rarely used servers close first
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_total_connections: usize,
     /// How long directory listings are cached, in seconds
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub cache_ttl: f64,

@@ -19,7 +19,7 @@ use fuser::{
     WriteFlags,
 };
 
-use crate::circle::{Attr, Circle, DirEntry, FileKind};
+use crate::circle::{Attr, Circle, FileKind};
 use crate::error::Error;
 
 /// FUSE worker threads. A `cp` from a slow server can keep a few threads busy (the kernel sends
@@ -35,8 +35,6 @@ pub struct CircleFs {
     circle: Arc<Circle>,
     uid: u32,
     gid: u32,
-    dir_handles: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<DirEntry>>>>,
-    next_dh: std::sync::atomic::AtomicU64,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -48,13 +46,7 @@ impl CircleFs {
     pub fn new(circle: Arc<Circle>) -> Self {
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        CircleFs {
-            circle,
-            uid,
-            gid,
-            dir_handles: Default::default(),
-            next_dh: std::sync::atomic::AtomicU64::new(1),
-        }
+        CircleFs { circle, uid, gid }
     }
 
     fn fattr(&self, a: &Attr) -> FileAttr {
@@ -84,11 +76,6 @@ impl CircleFs {
 
     fn ttl(&self) -> Duration {
         self.circle.ttl()
-    }
-
-    /// The directory's entries as handed out by opendir, `.` and `..` first.
-    fn dir_entries(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
-        self.dir_handles.lock().ok()?.get(&fh.0).cloned()
     }
 }
 
@@ -132,12 +119,13 @@ impl Filesystem for CircleFs {
         }
     }
 
+    // BATCH_FORGET: fuser's default calls this for each inode (its batch type is private).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.circle.forget(ino.0, nlookup);
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            reply.error(Errno::EROFS);
-            return;
-        }
-        match self.circle.open(ino.0) {
+        match self.circle.open(ino.0, flags.0) {
             // Opened before with the same size and mtime: what the kernel cached from that open
             // is still right, so keep it (reading the same file again is free).
             Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -189,29 +177,9 @@ impl Filesystem for CircleFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let entries = match self.circle.readdir(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let mut all = Vec::with_capacity(entries.len() + 2);
-        for (name, id) in [(".", ino.0), ("..", self.circle.parent_of(ino.0))] {
-            if let Ok(attr) = self.circle.getattr(id) {
-                all.push(DirEntry {
-                    name: name.as_bytes().to_vec(),
-                    attr,
-                });
-            }
-        }
-        all.extend(entries);
-        let dh = self
-            .next_dh
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.dir_handles.lock() {
-            Ok(mut h) => {
-                h.insert(dh, Arc::new(all));
-                reply.opened(FileHandle(dh), FopenFlags::empty());
-            }
-            Err(_) => reply.error(Errno::EIO),
+        match self.circle.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -223,21 +191,18 @@ impl Filesystem for CircleFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dir_entries(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let full = reply.add(
+        let res = self.circle.readdir_at(fh.0, offset, false, |next, e| {
+            reply.add(
                 INodeNo(e.attr.ino),
-                i as u64 + 1,
+                next,
                 ftype(e.attr.kind),
                 OsStr::from_bytes(&e.name),
-            );
-            if full {
-                break;
-            }
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -248,24 +213,21 @@ impl Filesystem for CircleFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.dir_entries(fh) else {
-            return reply.error(Errno::EBADF);
-        };
         let ttl = self.ttl();
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let full = reply.add(
+        let res = self.circle.readdir_at(fh.0, offset, true, |next, e| {
+            reply.add(
                 INodeNo(e.attr.ino),
-                i as u64 + 1,
+                next,
                 OsStr::from_bytes(&e.name),
                 &ttl,
                 &self.fattr(&e.attr),
                 Generation(0),
-            );
-            if full {
-                break;
-            }
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -276,9 +238,7 @@ impl Filesystem for CircleFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        if let Ok(mut h) = self.dir_handles.lock() {
-            h.remove(&fh.0);
-        }
+        self.circle.releasedir(fh.0);
         reply.ok();
     }
 
@@ -461,6 +421,28 @@ impl Filesystem for CircleFs {
         reply: ReplyEmpty,
     ) {
         reply.error(Errno::EROFS);
+    }
+}
+
+/// Start the thread that invalidates, in the kernel, names that left their directory on the
+/// servers while the kernel held them (see [`Circle::watch_gone`]), so the kernel forgets
+/// them and the inode table can drop them. A separate thread: the kernel takes the directory's
+/// lock for it, which a request handler of that directory may be holding. Ends when the
+/// merged view is dropped.
+pub fn start_invalidator(circle: &Circle, notifier: fuser::Notifier) {
+    let gone = circle.watch_gone();
+    let spawned = std::thread::Builder::new()
+        .name("ftpc-inval".into())
+        .spawn(move || {
+            for (dir, name) in gone {
+                // ENOENT: the kernel had already dropped it.
+                if let Err(e) = notifier.inval_entry(INodeNo(dir), OsStr::from_bytes(&name)) {
+                    log::debug!("invalidating a gone name: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the invalidation thread: {e}");
     }
 }
 

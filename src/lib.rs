@@ -7,7 +7,8 @@
 //! - [`circle`]: the merged view: inode table, listing cache, merge rules, reads;
 //! - [`fuse`]: the thin fuser adapter;
 //! - [`logging`]: the logger, which never lets a password through;
-//! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions.
+//! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions;
+//! - [`workers`]: bounded thread pools for everything that runs in the background.
 
 pub mod backend;
 pub mod circle;
@@ -17,3 +18,20 @@ pub mod ftp;
 pub mod fuse;
 pub mod logging;
 pub mod serverlist;
+pub mod workers;
+
+/// Threads the daemon runs at most, whatever the number of servers or open files: the main
+/// thread, the signal waiter, the FUSE workers, the prefetch workers, the pool listing one
+/// directory across servers, the read-ahead pool, the probe scheduler and its pool, the idle
+/// reaper and the kernel invalidator (every pool's threads end after a while without work).
+/// Each term is a constant with its reason at its definition.
+pub const MAX_THREADS: usize = 1
+    + 1
+    + 1
+    + fuse::FUSE_THREADS
+    + circle::prefetch::MAX_WORKERS
+    + circle::refresh::LIST_WORKERS
+    + circle::handles::READAHEAD_WORKERS
+    + 1
+    + ftp::pool::PROBE_WORKERS
+    + 1;

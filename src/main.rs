@@ -15,6 +15,7 @@ use ftpcircle_fs::backend::Backend;
 use ftpcircle_fs::circle::{self, Circle};
 use ftpcircle_fs::cli::{self, Args, Parsed};
 use ftpcircle_fs::ftp::conn::Endpoint;
+use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
 use ftpcircle_fs::serverlist::{self, Tls};
 use ftpcircle_fs::{ftp, fuse, logging};
@@ -68,15 +69,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if specs.len() > circle::MAX_SERVERS {
-        eprintln!(
-            "ftpcircle-fs: {}: {} servers listed; at most {} are supported",
-            list_path.display(),
-            specs.len(),
-            circle::MAX_SERVERS
-        );
-        return ExitCode::from(2);
-    }
     if let Err(e) = check_args(&args) {
         eprintln!("ftpcircle-fs: {e}");
         return ExitCode::from(2);
@@ -106,6 +98,9 @@ fn check_args(args: &Args) -> Result<(), String> {
     }
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err("--max-connections must be between 1 and 64".into());
+    }
+    if args.max_total_connections < 2 || args.max_total_connections > 100_000 {
+        return Err("--max-total-connections must be between 2 and 100000".into());
     }
     let meta = std::fs::metadata(args.mountpoint())
         .map_err(|e| format!("mount point {}: {e}", args.mountpoint().display()))?;
@@ -185,6 +180,7 @@ fn run(
     } else {
         None
     };
+    let limit = ConnLimit::new(args.max_total_connections);
     let servers: Vec<Arc<Server>> = specs
         .into_iter()
         .map(|spec| {
@@ -193,7 +189,11 @@ fn run(
             } else {
                 tls.clone()
             };
-            Server::new(Endpoint::new(spec, tls, timeout), args.max_connections)
+            Server::new(
+                Endpoint::new(spec, tls, timeout),
+                args.max_connections,
+                &limit,
+            )
         })
         .collect();
     let backend: Arc<dyn Backend> = Arc::new(FtpBackend::new(servers));
@@ -220,6 +220,7 @@ fn run(
     let fs = fuse::CircleFs::new(Arc::clone(&circle));
     let mut session = fuser::Session::new(fs, args.mountpoint(), &cfg)
         .map_err(|e| format!("mounting on {}: {e}", args.mountpoint().display()))?;
+    fuse::start_invalidator(&circle, session.notifier());
     log::info!(
         "mounted {} server(s) on {}",
         backend.servers(),

@@ -35,7 +35,7 @@ _ftpcircle__fs() {
 
     case "${cmd}" in
         ftpcircle__fs)
-            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --cache-ttl --cache-entries --no-prefetch --foreground --log-file --verbose --quiet --help --version completions help"
+            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --max-total-connections --cache-ttl --cache-entries --no-prefetch --foreground --log-file --verbose --quiet --help --version completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -54,6 +54,10 @@ _ftpcircle__fs() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-total-connections)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_ftpcircle_fs_global_optspecs
-    string join \n servers= ca-file= timeout= max-connections= cache-ttl= cache-entries= no-prefetch f/foreground o= log-file= v/verbose q/quiet h/help V/version
+    string join \n servers= ca-file= timeout= max-connections= max-total-connections= cache-ttl= cache-entries= no-prefetch f/foreground o= log-file= v/verbose q/quiet h/help V/version
 end
 
 function __fish_ftpcircle_fs_needs_command
@@ -28,6 +28,7 @@ complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l servers -d 's
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l ca-file -d 'Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA' -r -F
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l timeout -d 'Timeout in seconds for every connect, login, command and data read' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-connections -d 'Connections per server at most' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-total-connections -d 'Sockets to servers at most, over all servers; a connection counts two (control and data). Idle connections of rarely used servers close first' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-ttl -d 'How long directory listings are cached, in seconds' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-entries -d 'How many directory entries the listing cache holds at most, over all listings' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s o -d 'Mount options, comma separated: FUSE options (allow_other, allow_root, auto_unmount, ...) and any long option as a key (cache_ttl=120)' -r

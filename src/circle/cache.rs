@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use crate::backend::{Backend, Priority};
+use crate::backend::{EntryKind, RawEntry};
 use crate::error::{Error, Kind, Result};
-use crate::ftp::listing::{EntryKind, RawEntry};
 
 /// How long a failed listing is remembered: long enough that one `ls` of a merged directory
 /// does not retry a dead server for each name, short enough to notice it coming back.

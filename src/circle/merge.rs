@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use crate::ftp::listing::{EntryKind, Precision, RawEntry};
+use crate::backend::{EntryKind, Precision, RawEntry};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MergedKind {

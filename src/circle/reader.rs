@@ -14,7 +14,8 @@
 //!
 //! How: the stream lives in the shared state. Whoever takes it out reads the next chunk from
 //! the network (a FUSE request, or the read-ahead pump of a big file) while the others wait on
-//! a condition variable or answer from the buffer. Requests arrive slightly out of order (the
+//! a condition variable or answer from the buffer. Read-ahead runs as short jobs on a pool shared
+//! by all open files (no thread per file). Requests arrive slightly out of order (the
 //! kernel sends several reads of one file at once), so a request a little behind the stream is
 //! answered from the buffer, and one a little ahead by reading forward; anything else aborts
 //! the transfer and starts a new one at the requested offset.
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, ByteStream, Priority};
 use crate::circle::mirrors::Mirrors;
 use crate::error::{Error, Kind, Result};
+use crate::workers::Workers;
 
 /// Unit of network reads and of the buffer. 1 MiB matches the largest FUSE read (256 pages
 /// with FUSE_MAX_PAGES), so a sequential request is usually served by one chunk.
@@ -49,9 +51,12 @@ const KEEP_BYTES: usize = READAHEAD as usize + 8 * 1024 * 1024;
 /// A request this far ahead of the stream is reached by reading forward: at any plausible
 /// link speed reading 4 MiB costs less than the 3+ round trips of ABOR, REST and RETR.
 const SKIP_FORWARD: u64 = 4 * 1024 * 1024;
-/// Files larger than this get a read-ahead pump thread; smaller ones arrive in a chunk or two
-/// and a thread would cost more than it saves.
+/// Files larger than this get read-ahead; smaller ones arrive in a chunk or two and a job
+/// would cost more than it saves.
 const PUMP_MIN_SIZE: u64 = 2 * CHUNK as u64;
+/// Chunks one read-ahead job pulls before it gives its worker to the next open file: 4 MiB
+/// keeps the per-job overhead negligible and lets a few workers serve many big open files.
+const PUMP_TURN_CHUNKS: usize = 4;
 /// Bytes compared at a splice: 4 KiB is one page of the file, a few microseconds on the wire,
 /// and two different builds of a file agree on 4 KiB of the same place only by accident
 /// (headers aside, which is why the overlap ends right at the splice point when it can).
@@ -161,13 +166,16 @@ struct State {
     /// Furthest byte any request asked for: the pump reads up to this plus READAHEAD.
     want_end: u64,
     closed: bool,
-    pump_started: bool,
+    /// A read-ahead job is queued or running for this file.
+    pump_running: bool,
     /// When a request last used this file (for the idle reaper).
     last_read: Option<Instant>,
 }
 
 struct Shared {
     backend: Arc<dyn Backend>,
+    /// Where read-ahead jobs run (shared by all open files).
+    pumps: Arc<Workers>,
     path: Vec<u8>,
     size: u64,
     sources: Vec<usize>,
@@ -182,25 +190,29 @@ pub struct OpenFile {
     shared: Arc<Shared>,
 }
 
+/// What every open file of a mount shares.
+pub struct Context {
+    pub backend: Arc<dyn Backend>,
+    /// Where read-ahead jobs run.
+    pub pumps: Arc<Workers>,
+    /// Copies found different, file hashes.
+    pub mirrors: Arc<Mirrors>,
+    /// Upper bound for waiting on another request's chunk.
+    pub max_wait: Duration,
+}
+
 impl OpenFile {
-    pub fn new(
-        backend: Arc<dyn Backend>,
-        ino: u64,
-        path: Vec<u8>,
-        size: u64,
-        sources: Vec<usize>,
-        max_wait: Duration,
-        mirrors: Arc<Mirrors>,
-    ) -> Self {
+    pub fn new(ctx: &Context, ino: u64, path: Vec<u8>, size: u64, sources: Vec<usize>) -> Self {
         OpenFile {
             ino,
             shared: Arc::new(Shared {
-                backend,
+                backend: Arc::clone(&ctx.backend),
+                pumps: Arc::clone(&ctx.pumps),
                 path,
                 size,
                 sources,
-                max_wait,
-                mirrors,
+                max_wait: ctx.max_wait,
+                mirrors: Arc::clone(&ctx.mirrors),
                 st: Mutex::new(State::default()),
                 cv: Condvar::new(),
             }),
@@ -231,16 +243,7 @@ impl OpenFile {
         let mut st = sh.lock();
         st.want_end = st.want_end.max(end);
         st.last_read = Some(Instant::now());
-        if sh.size > PUMP_MIN_SIZE && !st.pump_started {
-            st.pump_started = true;
-            let pump = Arc::clone(sh);
-            if let Err(e) = std::thread::Builder::new()
-                .name("ftpc-readahead".into())
-                .spawn(move || pump.pump())
-            {
-                log::debug!("no read-ahead thread: {e}");
-            }
-        }
+        sh.kick_pump(&mut st);
         // Every turn copies buffered bytes, pulls a chunk, opens a stream (a failure marks a
         // server failed, and `open_at` fails once all have) or waits with the deadline.
         while out.len() < want {
@@ -276,6 +279,8 @@ impl OpenFile {
             }
         }
         // Data was consumed: the pump may read further ahead now.
+        sh.kick_pump(&mut st);
+        drop(st);
         sh.cv.notify_all();
         Ok(Data::Owned(out))
     }
@@ -513,6 +518,23 @@ impl Shared {
         }))
     }
 
+    /// More to read ahead: the transfer is open and not yet READAHEAD past the furthest
+    /// requested byte.
+    fn ahead_due(&self, st: &State) -> bool {
+        st.active
+            .as_ref()
+            .is_some_and(|a| a.pos < self.size && a.pos < st.want_end.saturating_add(READAHEAD))
+    }
+
+    /// Queue a read-ahead job for a big file if there is work and none is queued already.
+    fn kick_pump(self: &Arc<Self>, st: &mut State) {
+        if self.size > PUMP_MIN_SIZE && !st.pump_running && !st.closed && self.ahead_due(st) {
+            st.pump_running = true;
+            let sh = Arc::clone(self);
+            self.pumps.spawn(move || sh.pump());
+        }
+    }
+
     /// Open a stream from `server` at `at`; for a splice (`check`: the witness offset and
     /// bytes), check the copy before handing the stream out.
     fn open_checked(
@@ -601,21 +623,21 @@ impl Shared {
         Ok(())
     }
 
-    /// Read-ahead for one big open file: keep the transfer busy up to READAHEAD past the
-    /// furthest requested byte. Never opens or restarts transfers (the requests do that);
-    /// ends when the file is closed.
+    /// One read-ahead turn for one big open file: pull up to PUMP_TURN_CHUNKS chunks while
+    /// the transfer is behind READAHEAD past the furthest requested byte, then queue another
+    /// turn behind other files' if there is more. Never opens or restarts transfers (the
+    /// requests do that); a request that is pulling itself ends the turn.
     fn pump(self: Arc<Self>) {
         let mut st = self.lock();
-        while !st.closed {
-            let ahead_ok = st.active.as_ref().is_some_and(|a| {
-                a.pos < self.size && a.pos < st.want_end.saturating_add(READAHEAD)
-            });
-            if ahead_ok && !st.busy {
-                st = self.pull(st);
-            } else {
-                // Woken by requests and pulls; the timeout only rechecks `closed`.
-                st = self.wait(st, Instant::now() + Duration::from_secs(1));
+        for _ in 0..PUMP_TURN_CHUNKS {
+            if st.closed || st.busy || !self.ahead_due(&st) {
+                break;
             }
+            st = self.pull(st);
+        }
+        st.pump_running = false;
+        if !st.busy {
+            self.kick_pump(&mut st);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::backend::{ByteStream, HashAlgo, LinkTargets};
-use crate::ftp::listing::{EntryKind, RawEntry};
+use crate::backend::{EntryKind, RawEntry};
 
 #[derive(Default)]
 struct MockServer {
@@ -24,10 +24,14 @@ struct MockServer {
     hash_algos: u8,
 }
 
+type Listings = HashMap<(usize, Vec<u8>), Vec<RawEntry>>;
+
 #[derive(Default)]
 struct Mock {
     servers: Vec<MockServer>,
     lists: Mutex<HashMap<(usize, Vec<u8>), usize>>,
+    /// Listings that replace `MockServer::dirs` (for servers whose tree changes).
+    changed: Mutex<Listings>,
     opens: Mutex<Vec<(usize, u64)>>,
     /// (server, directory) of every `symlink_targets` call.
     target_lists: Mutex<Vec<(usize, Vec<u8>)>>,
@@ -36,6 +40,10 @@ struct Mock {
 }
 
 impl Mock {
+    fn change(&self, s: usize, path: &str, entries: Vec<RawEntry>) {
+        let mut c = self.changed.lock().unwrap();
+        c.insert((s, path.as_bytes().to_vec()), entries);
+    }
     fn lists_of(&self, s: usize, path: &[u8]) -> usize {
         let l = self.lists.lock().unwrap();
         l.get(&(s, path.to_vec())).copied().unwrap_or(0)
@@ -95,6 +103,9 @@ impl Backend for Mock {
         let srv = &self.servers[s];
         if srv.down {
             return Err(Error::new(Kind::Timeout, "timed out"));
+        }
+        if let Some(l) = self.changed.lock().unwrap().get(&(s, path.to_vec())) {
+            return Ok(l.clone());
         }
         srv.dirs.get(path).cloned().ok_or_else(Error::not_found)
     }
@@ -212,7 +223,7 @@ fn two_servers() -> Mock {
 }
 
 fn read_all(c: &Circle, ino: u64) -> Result<Vec<u8>> {
-    let (fh, _) = c.open(ino)?;
+    let (fh, _) = c.open(ino, libc::O_RDONLY)?;
     let mut out = Vec::new();
     // Bounded by the file size: each turn reads at least one byte or ends.
     loop {
@@ -330,7 +341,7 @@ fn no_rest_reads_forward_from_the_start() {
     let (mock, c) = circle(m, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let big = c.lookup(pub_, b"big.bin").unwrap().ino;
-    let (fh, _) = c.open(big).unwrap();
+    let (fh, _) = c.open(big, libc::O_RDONLY).unwrap();
     let got = c.read(fh, 2_000_000, 1000).unwrap();
     assert_eq!(got.as_slice(), &expected[2_000_000..2_001_000]);
     c.release(fh);
@@ -346,7 +357,7 @@ fn no_rest_prefers_a_copy_that_can_resume() {
     let (mock, c) = circle(m, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let big = c.lookup(pub_, b"big.bin").unwrap().ino;
-    let (fh, _) = c.open(big).unwrap();
+    let (fh, _) = c.open(big, libc::O_RDONLY).unwrap();
     let got = c.read(fh, 2_500_000, 1000).unwrap();
     assert_eq!(got.as_slice(), &expected[2_500_000..2_501_000]);
     let opens = mock.opens.lock().unwrap().clone();
@@ -398,10 +409,10 @@ fn keep_cache_only_after_an_open_of_the_same_version() {
     let (_mock, c) = circle(two_servers(), Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let a = c.lookup(pub_, b"a").unwrap().ino;
-    let (fh, keep) = c.open(a).unwrap();
+    let (fh, keep) = c.open(a, libc::O_RDONLY).unwrap();
     assert!(!keep, "first open: nothing cached yet");
     c.release(fh);
-    let (fh, keep) = c.open(a).unwrap();
+    let (fh, keep) = c.open(a, libc::O_RDONLY).unwrap();
     assert!(keep, "same size and mtime: keep the kernel's pages");
     c.release(fh);
 }
@@ -523,15 +534,186 @@ fn errors_carry_the_errno_posix_tools_expect() {
     assert_eq!(errno(c.lookup(a, b"x").map(drop)), libc::ENOTDIR);
     assert_eq!(errno(c.readdir(a).map(drop)), libc::ENOTDIR);
     // A directory opened as a file.
-    assert_eq!(errno(c.open(pub_).map(drop)), libc::EISDIR);
+    assert_eq!(errno(c.open(pub_, libc::O_RDONLY).map(drop)), libc::EISDIR);
     // A handle never given out, or released.
     assert_eq!(errno(c.read(9999, 0, 10).map(drop)), libc::EBADF);
-    let (fh, _) = c.open(a).unwrap();
+    let (fh, _) = c.open(a, libc::O_RDONLY).unwrap();
     c.release(fh);
     assert_eq!(errno(c.read(fh, 0, 10).map(drop)), libc::EBADF);
     // A name that does not exist, and readlink of a file.
     assert_eq!(errno(c.lookup(pub_, b"nope").map(drop)), libc::ENOENT);
     assert_eq!(errno(c.readlink(a).map(drop)), libc::EINVAL);
+}
+
+#[test]
+fn two_hundred_servers_merge_and_the_last_one_serves_its_file() {
+    let n = 200;
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let mut s = MockServer::default();
+        let mut pub_ = vec![file("common", 3)];
+        if i == n - 1 {
+            pub_.push(file("only-last", 4));
+            s.files.insert(b"pub/only-last".to_vec(), b"last".to_vec());
+        }
+        s.dirs.insert(b"".to_vec(), vec![dir("pub")]);
+        s.dirs.insert(b"pub".to_vec(), pub_);
+        s.files.insert(b"pub/common".to_vec(), b"abc".to_vec());
+        servers.push(s);
+    }
+    let (mock, c) = circle(
+        Mock {
+            servers,
+            ..Default::default()
+        },
+        Duration::from_secs(60),
+    );
+    assert!(c.check_servers().is_empty());
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["common", "only-last"]);
+    for s in [0, 64, 150, n - 1] {
+        assert_eq!(mock.lists_of(s, b"pub"), 1, "server {s} listed once");
+    }
+    let last = c.lookup(pub_, b"only-last").unwrap().ino;
+    assert_eq!(read_all(&c, last).unwrap(), b"last");
+    assert_eq!(mock.opens.lock().unwrap().last(), Some(&(n - 1, 0)));
+}
+
+fn one_server(root: Vec<RawEntry>, dirs: &[(&str, Vec<RawEntry>)]) -> Mock {
+    let mut s0 = MockServer::default();
+    s0.dirs.insert(b"".to_vec(), root);
+    for (p, e) in dirs {
+        s0.dirs.insert(p.as_bytes().to_vec(), e.clone());
+    }
+    Mock {
+        servers: vec![s0],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn forget_drops_nodes_that_left_their_listing_and_keeps_held_ones() {
+    let m = one_server(vec![dir("a")], &[("a", vec![file("x", 1)])]);
+    // TTL 0: every call lists again, so a change on the server shows at once.
+    let (mock, c) = circle(m, Duration::ZERO);
+    let gone = c.watch_gone();
+    let a = c.lookup(ROOT, b"a").unwrap().ino;
+    let x = c.lookup(a, b"x").unwrap().ino;
+    assert_eq!(c.inode_count(), 3);
+    mock.change(0, "", vec![dir("b")]);
+    assert_eq!(names(&c, ROOT), ["b"]);
+    // The adapter is told to invalidate the name the kernel still holds.
+    assert_eq!(gone.try_recv().ok(), Some((ROOT, b"a".to_vec())));
+    assert!(gone.try_recv().is_err(), "x did not leave its listing");
+    // `a` left the listing but the kernel holds it (and `x`): both stay, same numbers.
+    assert_eq!(c.inode_count(), 4);
+    assert_eq!(c.getattr(a).unwrap().ino, a);
+    assert_eq!(c.getattr(x).unwrap().kind, FileKind::File);
+    c.forget(x, 1);
+    assert_eq!(c.inode_count(), 4, "a is still held, so its subtree stays");
+    c.forget(a, 1);
+    assert_eq!(c.inode_count(), 2, "root and b");
+    assert_eq!(c.getattr(a).unwrap_err().kind, Kind::NotFound);
+    assert_eq!(c.getattr(x).unwrap_err().kind, Kind::NotFound);
+    // A node still listed is never dropped by forget; its number stays.
+    let b = c.lookup(ROOT, b"b").unwrap().ino;
+    c.forget(b, 1);
+    assert_eq!(c.lookup(ROOT, b"b").unwrap().ino, b);
+    assert_eq!(c.inode_count(), 2);
+}
+
+#[test]
+fn a_server_renaming_directories_in_a_loop_keeps_the_table_flat() {
+    let m = one_server(vec![dir("d0")], &[]);
+    let (mock, c) = circle(m, Duration::ZERO);
+    for i in 0..200 {
+        let name = format!("d{i}");
+        mock.change(0, &name, vec![file("f", 1), dir("sub")]);
+        let d = c.lookup(ROOT, name.as_bytes()).unwrap().ino;
+        let f = c.lookup(d, b"f").unwrap().ino;
+        assert_eq!(names(&c, d), ["f", "sub"]);
+        // The kernel lets go; then the server renames the directory.
+        c.forget(f, 1);
+        c.forget(d, 1);
+        mock.change(0, "", vec![dir(&format!("d{}", i + 1))]);
+        assert_eq!(names(&c, ROOT).len(), 1);
+        assert!(c.inode_count() <= 5, "turn {i}: {} nodes", c.inode_count());
+    }
+}
+
+#[test]
+fn readdirplus_entries_are_references_and_plain_readdir_ones_are_not() {
+    let m = one_server(vec![dir("a"), file("f", 1)], &[("a", vec![])]);
+    let (mock, c) = circle(m, Duration::ZERO);
+    let fh = c.opendir(ROOT).unwrap();
+    let mut got = Vec::new();
+    c.readdir_at(fh, 0, true, |next, e| {
+        got.push((
+            next,
+            String::from_utf8_lossy(&e.name).into_owned(),
+            e.attr.ino,
+        ));
+        false
+    })
+    .unwrap();
+    c.releasedir(fh);
+    let listed: Vec<&str> = got.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(listed, [".", "..", "a", "f"]);
+    assert_eq!((got[0].2, got[1].2), (ROOT, ROOT));
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let a = got[2].2;
+    // Resuming at an offset skips what was handed out.
+    let fh = c.opendir(ROOT).unwrap();
+    let mut rest = Vec::new();
+    c.readdir_at(fh, 3, false, |_, e| {
+        rest.push(e.name.clone());
+        false
+    })
+    .unwrap();
+    assert_eq!(rest, [b"f".to_vec()]);
+    // A full reply stops the walk, and only what was added counts.
+    mock.change(0, "", vec![]);
+    assert!(names(&c, ROOT).is_empty());
+    assert_eq!(c.getattr(a).unwrap().ino, a, "held through readdirplus");
+    c.forget(a, 1);
+    assert_eq!(c.getattr(a).unwrap_err().kind, Kind::NotFound);
+    assert_eq!(
+        c.readdir_at(fh, 0, false, |_, _| true).map(|_| ()),
+        Ok(()),
+        "the open handle still has its snapshot"
+    );
+    c.releasedir(fh);
+    let e = c.readdir_at(fh, 0, false, |_, _| false).unwrap_err();
+    assert_eq!(e.errno(), libc::EBADF);
+}
+
+#[test]
+fn opening_for_writing_is_erofs_and_dot_dot_of_a_subdirectory_is_its_parent() {
+    let (_, c) = circle(two_servers(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_WRONLY | libc::O_TRUNC] {
+        assert_eq!(c.open(a, flags).unwrap_err().errno(), libc::EROFS);
+    }
+    assert!(c.open(a, libc::O_RDONLY).is_ok());
+    let fh = c.opendir(pub_).unwrap();
+    let mut dots = Vec::new();
+    c.readdir_at(fh, 0, false, |_, e| {
+        dots.push((e.name.clone(), e.attr.ino, e.attr.kind));
+        dots.len() == 2
+    })
+    .unwrap();
+    assert_eq!(
+        dots,
+        [
+            (b".".to_vec(), pub_, FileKind::Dir),
+            (b"..".to_vec(), ROOT, FileKind::Dir)
+        ]
+    );
+    assert_eq!(
+        c.read(9999, 0, 1).err().map(|e| e.errno()),
+        Some(libc::EBADF)
+    );
 }
 
 /// Two servers with `pub/x.bin` of the same size: s0's copy is `x`, s1's is `other`; s0's
@@ -555,7 +737,7 @@ fn two_copies(x: Vec<u8>, other: Vec<u8>) -> Mock {
 
 /// Read the whole file in 128 KiB requests; what arrived and how it ended.
 fn read_until_error(c: &Circle, ino: u64) -> (Vec<u8>, Result<()>) {
-    let (fh, _) = c.open(ino).unwrap();
+    let (fh, _) = c.open(ino, libc::O_RDONLY).unwrap();
     let mut out = Vec::new();
     // Bounded by the file size: each turn reads at least one byte, ends or fails.
     let res = loop {

@@ -63,45 +63,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What a directory entry is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link with its target bytes; an empty target means unknown.
-    Symlink(Vec<u8>),
-}
+// The entry types are the seam's (the merged view uses them without knowing FTP); they keep
+// their old paths here so code written against `ftp::listing` still compiles.
+pub use crate::backend::{EntryKind, Precision, RawEntry};
 
-/// One validated directory entry as reported by the server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawEntry {
-    /// The entry's name, byte-faithful; always passes [`valid_name`].
-    pub name: Vec<u8>,
-    /// File, directory or symlink.
-    pub kind: EntryKind,
-    /// Size in bytes as reported (0 when not reported).
-    pub size: u64,
-    /// Modification time, when the server sent a usable one.
-    pub mtime: Option<SystemTime>,
-    /// How precisely the listing gave `mtime` (meaningless when `mtime` is `None`).
-    pub mtime_precision: Precision,
-}
-
-/// How precisely a listing gives a modification time: two copies can only be compared at the
-/// coarser precision of their two listings. Ordered from finest to coarsest.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Precision {
-    /// MLSD `modify` (fractions are ignored), long-ISO LIST with seconds.
-    #[default]
-    Second,
-    /// Unix LIST `Mon DD HH:MM` (recent files), DOS/IIS LIST, long-ISO LIST without seconds.
-    Minute,
-    /// Unix LIST `Mon DD  YYYY` (files older than about six months): the day only.
-    Day,
-}
-
+// `Precision::same_time` lives here, next to the date arithmetic it shares with the parsers.
 impl Precision {
     /// The length of one unit, in seconds.
     pub fn secs(self) -> u64 {

@@ -7,10 +7,15 @@
 //! (CWD + LIST, for servers whose `ls` split the path), and a listing none of whose lines
 //! can be read is an error, never an empty directory.
 //!
+//! Every connection also holds a permit of the global cap ([`ConnLimit`],
+//! `--max-total-connections`); at the cap, the idle connections of the least recently used
+//! servers are closed first.
+//!
 //! Health: a server whose fresh connection fails (refused, timed out, TLS or login error), or
 //! that stops answering on an open one, is marked *down*: calls to it fail at once instead of
-//! waiting out the timeout again, and a prober thread per server retries it in the background
-//! with exponential backoff (1 s doubling to 30 s). When it answers, it is *up* again and the
+//! waiting out the timeout again, and it is retried in the background with exponential backoff
+//! (1 s doubling to 30 s): one scheduler thread finds due servers and runs their probes on a
+//! pool of [`PROBE_WORKERS`] threads, whatever the number of servers. When it answers, it is *up* again and the
 //! merged view picks its entries up at the next refresh of each directory.
 //!
 //! Busy servers: a 421 or a 530 "too many connections" lowers that server's connection budget
@@ -19,18 +24,22 @@
 //!
 //! Invariants:
 //! - at most `budget <= max` connections per server exist at once (idle + leased);
+//! - every connection holds a permit of the global cap for exactly as long as it exists
+//!   (`Pooled`), so all servers together stay within `--max-total-connections`;
 //! - waiting for a connection is bounded by the network timeout;
 //! - a connection is returned to the pool only after a clean reply; one that saw an error or an
 //!   aborted transfer that did not end cleanly is dropped; an idle one is NOOP-checked before
 //!   reuse once it has been idle for a while.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
+use crate::ftp::limit::{ConnLimit, Permit};
 use crate::ftp::listing::{self, Format, Listing, RawEntry};
+use crate::workers::Workers;
 
 /// An idle connection older than this is NOOP-checked before reuse: servers drop idle control
 /// connections (vsftpd after 300 s by default), and a check costs one round trip, not a login.
@@ -39,20 +48,50 @@ const IDLE_CHECK_AFTER: Duration = Duration::from_secs(15);
 /// server that stays away costs one connection attempt per 30 s.
 const PROBE_FIRST: Duration = Duration::from_secs(1);
 const PROBE_MAX: Duration = Duration::from_secs(30);
+/// How often the probe scheduler looks for servers due a probe: well under PROBE_FIRST.
+const PROBE_TICK: Duration = Duration::from_millis(250);
 /// A server that answered "too many connections" gets one more connection back per minute
 /// without complaint.
 const BUDGET_RECOVERY: Duration = Duration::from_secs(60);
+/// Probes of down servers run on at most this many threads. A probe of a silent server holds
+/// its thread for one `--timeout`, so 100 such servers are each retried every ~2 minutes at
+/// worst (10 s timeout) instead of every 30 s: fine for servers that are away anyway.
+pub const PROBE_WORKERS: usize = 8;
+
+/// A logged-in connection and its share of the global cap (released when it is dropped).
+pub struct Pooled {
+    conn: Conn,
+    _permit: Permit,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
 
 pub struct Server {
     pub ep: Endpoint,
     base: Vec<u8>,
     max: usize,
+    limit: Arc<ConnLimit>,
     state: Mutex<PoolState>,
     freed: Condvar,
 }
 
 struct PoolState {
-    idle: Vec<Conn>,
+    /// Oldest first; reuse takes the newest.
+    idle: Vec<Pooled>,
+    /// When a connection was last asked for: the least recently used server loses its idle
+    /// connections first when the global cap is reached.
+    last_active: Instant,
     leased: usize,
     /// Connections we may have at once: `max`, lowered while the server says it is busy.
     budget: usize,
@@ -71,25 +110,30 @@ struct Down {
     next_probe: Instant,
     backoff: Duration,
     reason: String,
+    /// A probe is queued or running.
+    probing: bool,
 }
 
 /// A connection taken from the pool; goes back on drop unless marked broken.
 pub struct Lease {
     server: Arc<Server>,
-    conn: Option<Conn>,
+    conn: Option<Pooled>,
     /// True when the connection came from the idle list (so a failure may just be staleness).
     reused: bool,
 }
 
 impl Server {
-    pub fn new(ep: Endpoint, max: usize) -> Arc<Server> {
+    /// A server with at most `max` connections of its own, all counted against `limit`.
+    pub fn new(ep: Endpoint, max: usize, limit: &Arc<ConnLimit>) -> Arc<Server> {
         let base = ep.spec.base.as_bytes().to_vec();
-        Arc::new(Server {
+        let server = Arc::new(Server {
             ep,
             base,
             max: max.max(1),
+            limit: Arc::clone(limit),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
+                last_active: Instant::now(),
                 leased: 0,
                 budget: max.max(1),
                 last_busy: None,
@@ -99,7 +143,29 @@ impl Server {
                 fg_waiting: 0,
             }),
             freed: Condvar::new(),
-        })
+        });
+        limit.register(&server);
+        server
+    }
+
+    /// When this server was last used, if it has an idle connection to give up.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let st = self.lock();
+        (!st.idle.is_empty()).then_some(st.last_active)
+    }
+
+    /// Close the oldest idle connection (for the global cap); false if there was none.
+    pub(crate) fn close_oldest_idle(&self) -> bool {
+        let mut st = self.lock();
+        if st.idle.is_empty() {
+            return false;
+        }
+        let conn = st.idle.remove(0);
+        drop(st);
+        // Dropping it closes the socket and releases its permit; a slot is free here too.
+        drop(conn);
+        self.freed.notify_all();
+        true
     }
 
     pub fn label(&self) -> &str {
@@ -139,6 +205,7 @@ impl Server {
                 ),
             ));
         }
+        st.last_active = Instant::now();
         if st.budget < self.max && st.last_busy.is_some_and(|t| t.elapsed() > BUDGET_RECOVERY) {
             st.budget += 1;
             st.last_busy = Some(Instant::now());
@@ -170,13 +237,15 @@ impl Server {
                 if conn.last_used.elapsed() < IDLE_CHECK_AFTER || conn.noop(self.label()).is_ok() {
                     return Ok(self.lease(Some(conn), true));
                 }
-                // Stale: replace it with a fresh connection under the same slot.
-                return self.connect_into_slot();
+                // Stale: replace it with a fresh connection under the same slot (its permit
+                // goes first, so a full global cap has room for the new one).
+                drop(conn);
+                return self.connect_into_slot(deadline);
             }
             if allowed && st.leased < st.budget {
                 st.leased += 1;
                 drop(st);
-                return self.connect_into_slot();
+                return self.connect_into_slot(deadline);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -198,13 +267,31 @@ impl Server {
     }
 
     /// Open a connection for a slot already counted in `leased`; frees the slot on failure.
-    fn connect_into_slot(self: &Arc<Self>) -> Result<Lease> {
-        match Conn::open(&self.ep) {
+    /// Waiting for room under the global cap is not the server's fault: it is not marked.
+    fn connect_into_slot(self: &Arc<Self>, deadline: Instant) -> Result<Lease> {
+        let opened = self
+            .limit
+            .acquire(self.label(), deadline)
+            .map_err(|e| (e, false))
+            .and_then(|permit| {
+                Conn::open(&self.ep)
+                    .map(|conn| Pooled {
+                        conn,
+                        _permit: permit,
+                    })
+                    .map_err(|e| (e, true))
+            });
+        match opened {
             Ok(conn) => {
                 self.lock().hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
                 Ok(self.lease(Some(conn), false))
             }
-            Err(e) => {
+            Err((e, false)) => {
+                self.lock().leased -= 1;
+                self.freed.notify_one();
+                Err(e)
+            }
+            Err((e, true)) => {
                 self.lock().leased -= 1;
                 self.freed.notify_one();
                 self.note_failure(&e, true);
@@ -254,6 +341,7 @@ impl Server {
             next_probe: Instant::now() + backoff,
             backoff,
             reason: e.message.clone(),
+            probing: false,
         });
     }
 
@@ -262,21 +350,31 @@ impl Server {
         self.lock().down.is_some()
     }
 
-    /// The prober: while the server is down, try a fresh login when its backoff has passed.
-    /// Returns how long to sleep before looking again.
-    fn probe_if_due(self: &Arc<Self>) -> Duration {
-        let due = {
-            let st = self.lock();
-            match &st.down {
-                None => return PROBE_FIRST,
-                Some(d) if Instant::now() < d.next_probe => {
-                    return d.next_probe - Instant::now();
-                }
-                Some(_) => true,
+    /// Down, its backoff has passed and no probe is on the way: claim the probe.
+    fn claim_probe(&self) -> bool {
+        let mut st = self.lock();
+        match st.down.as_mut() {
+            Some(d) if !d.probing && Instant::now() >= d.next_probe => {
+                d.probing = true;
+                true
             }
-        };
-        debug_assert!(due);
-        match Conn::open(&self.ep) {
+            _ => false,
+        }
+    }
+
+    /// Try a fresh login (after [`Self::claim_probe`]): up again, or down with a longer backoff.
+    fn probe(self: &Arc<Self>) {
+        let deadline = Instant::now() + self.ep.timeout;
+        let opened = self
+            .limit
+            .acquire(self.label(), deadline)
+            .and_then(|permit| {
+                Conn::open(&self.ep).map(|conn| Pooled {
+                    conn,
+                    _permit: permit,
+                })
+            });
+        match opened {
             Ok(conn) => {
                 let mut st = self.lock();
                 st.down = None;
@@ -286,23 +384,24 @@ impl Server {
                 drop(st);
                 log::warn!("{}: answering again; back in the merged tree", self.label());
                 self.freed.notify_all();
-                PROBE_FIRST
             }
             Err(e) => {
                 let mut st = self.lock();
                 if let Some(d) = st.down.as_mut() {
-                    d.backoff = (d.backoff * 2).min(PROBE_MAX);
+                    d.probing = false;
+                    // No room under the global cap says nothing about the server.
+                    if e.kind != Kind::Busy {
+                        d.backoff = (d.backoff * 2).min(PROBE_MAX);
+                        d.reason = e.message.clone();
+                    }
                     d.next_probe = Instant::now() + d.backoff;
-                    d.reason = e.message.clone();
                     log::debug!("{}: still down: {e}", self.label());
-                    return d.backoff;
                 }
-                PROBE_FIRST
             }
         }
     }
 
-    fn lease(self: &Arc<Self>, conn: Option<Conn>, reused: bool) -> Lease {
+    fn lease(self: &Arc<Self>, conn: Option<Pooled>, reused: bool) -> Lease {
         Lease {
             server: Arc::clone(self),
             conn,
@@ -376,7 +475,7 @@ impl Server {
 impl Lease {
     fn conn_mut(&mut self) -> Result<&mut Conn> {
         self.conn
-            .as_mut()
+            .as_deref_mut()
             .ok_or_else(|| Error::new(Kind::Network, "connection already closed"))
     }
 
@@ -405,22 +504,31 @@ pub struct FtpBackend {
 }
 
 impl FtpBackend {
-    /// Also starts one prober thread per server; each ends when the backend is dropped.
+    /// Also starts the probe scheduler (one thread for all servers, probes on a pool of
+    /// [`PROBE_WORKERS`]); it ends within a second of the backend being dropped.
     pub fn new(servers: Vec<Arc<Server>>) -> Self {
-        for server in &servers {
-            let weak = Arc::downgrade(server);
-            let spawned = std::thread::Builder::new()
-                .name("ftpc-probe".into())
-                .spawn(move || {
-                    while let Some(server) = weak.upgrade() {
-                        let nap = server.probe_if_due().min(PROBE_FIRST);
-                        drop(server);
-                        std::thread::sleep(nap);
+        let weak: Vec<Weak<Server>> = servers.iter().map(Arc::downgrade).collect();
+        let spawned = std::thread::Builder::new()
+            .name("ftpc-probe".into())
+            .spawn(move || {
+                let probes = Workers::new("ftpc-probe", PROBE_WORKERS);
+                // Ends when every server is gone (the backend was dropped).
+                loop {
+                    let mut alive = false;
+                    for server in weak.iter().filter_map(Weak::upgrade) {
+                        alive = true;
+                        if server.claim_probe() {
+                            probes.spawn(move || server.probe());
+                        }
                     }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start prober thread: {e}");
-            }
+                    if !alive {
+                        break;
+                    }
+                    std::thread::sleep(PROBE_TICK);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the prober thread: {e}");
         }
         FtpBackend { servers }
     }

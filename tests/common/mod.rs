@@ -723,7 +723,22 @@ impl FtpServer {
     /// pyftpdlib (tests/pyftpd.py) with one read-only ("elr") account.
     /// An empty `user` means anonymous.
     pub fn pyftpdlib(root: &Path, user: &str, pass: &str) -> FtpServer {
+        Self::pyftpdlib_many(root, user, pass, &[], &[])
+    }
+
+    /// One pyftpdlib process that also listens on `also_hosts` (same port) and also accepts
+    /// the accounts `also_users` (name, root; same password): many cheap "servers".
+    pub fn pyftpdlib_many(
+        root: &Path,
+        user: &str,
+        pass: &str,
+        also_hosts: &[String],
+        also_users: &[(String, PathBuf)],
+    ) -> FtpServer {
         make_world_readable(root);
+        for (_, home) in also_users {
+            make_world_readable(home);
+        }
         let work = TempDir::new("pyftpd");
         let log = work.join("pyftpd.log");
         let output = work.join("pyftpd.out");
@@ -746,6 +761,14 @@ impl FtpServer {
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .arg("--log")
                 .arg(&log);
+            for h in also_hosts {
+                cmd.args(["--also-host", h]);
+            }
+            for (name, home) in also_users {
+                let mut spec = OsString::from(format!("{name}="));
+                spec.push(home);
+                cmd.arg("--also-user").arg(spec);
+            }
             match &login {
                 Some((u, p)) => {
                     cmd.args(["--user", u, "--password", p]);
