@@ -34,11 +34,12 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority};
+use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority, Speed};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
 use crate::ftp::limit::{ConnLimit, Permit};
 use crate::ftp::listing::{self, Format, Listing, RawEntry};
+use crate::ftp::speed::{self, Meter};
 use crate::workers::Workers;
 
 /// An idle connection older than this is NOOP-checked before reuse: servers drop idle control
@@ -84,6 +85,8 @@ pub struct Server {
     limit: Arc<ConnLimit>,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Measured round trip and per-connection throughput.
+    meter: Meter,
 }
 
 struct PoolState {
@@ -143,6 +146,7 @@ impl Server {
                 fg_waiting: 0,
             }),
             freed: Condvar::new(),
+            meter: Meter::default(),
         });
         limit.register(&server);
         server
@@ -170,6 +174,13 @@ impl Server {
 
     pub fn label(&self) -> &str {
         &self.ep.label
+    }
+
+    /// Hand the connection's last timed round trip to the meter.
+    fn take_rtt(&self, conn: &mut Conn) {
+        if let Some(d) = conn.rtt_sample.take() {
+            self.meter.rtt_sample(self.label(), d);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -235,6 +246,7 @@ impl Server {
                 st.leased += 1;
                 drop(st);
                 if conn.last_used.elapsed() < IDLE_CHECK_AFTER || conn.noop(self.label()).is_ok() {
+                    self.take_rtt(&mut conn);
                     return Ok(self.lease(Some(conn), true));
                 }
                 // Stale: replace it with a fresh connection under the same slot (its permit
@@ -282,7 +294,8 @@ impl Server {
                     .map_err(|e| (e, true))
             });
         match opened {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                self.take_rtt(&mut conn);
                 self.lock().hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
                 Ok(self.lease(Some(conn), false))
             }
@@ -375,7 +388,8 @@ impl Server {
                 })
             });
         match opened {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                self.take_rtt(&mut conn);
                 let mut st = self.lock();
                 st.down = None;
                 if st.leased + st.idle.len() < st.budget {
@@ -553,6 +567,12 @@ impl Backend for FtpBackend {
         self.servers.get(s).is_some_and(|srv| srv.is_down())
     }
 
+    fn speed(&self, s: usize) -> Speed {
+        self.servers
+            .get(s)
+            .map_or_else(Speed::default, |srv| srv.meter.get())
+    }
+
     fn base(&self, s: usize) -> &[u8] {
         self.servers.get(s).map_or(b"/", |srv| srv.base.as_slice())
     }
@@ -656,6 +676,8 @@ impl Backend for FtpBackend {
             Ok((lease, xfer)) => Ok(Box::new(FtpStream {
                 lease,
                 xfer: Some(xfer),
+                sample_bytes: 0,
+                sample_wait: Duration::ZERO,
             })),
             Err(e) => {
                 if e.kind == Kind::NoRest {
@@ -704,6 +726,21 @@ fn entries_of(label: &str, path: &[u8], parsed: Listing) -> Result<Vec<RawEntry>
 struct FtpStream {
     lease: Lease,
     xfer: Option<Transfer>,
+    /// Bytes read and time spent waiting in reads since the last throughput sample.
+    sample_bytes: u64,
+    sample_wait: Duration,
+}
+
+impl FtpStream {
+    /// Give the meter what was read since the last sample.
+    fn report(&mut self) {
+        let server = &self.lease.server;
+        server
+            .meter
+            .throughput_sample(server.label(), self.sample_bytes, self.sample_wait);
+        self.sample_bytes = 0;
+        self.sample_wait = Duration::ZERO;
+    }
 }
 
 impl ByteStream for FtpStream {
@@ -713,8 +750,16 @@ impl ByteStream for FtpStream {
         let Some(xfer) = self.xfer.as_mut() else {
             return Ok(0);
         };
+        let started = Instant::now();
         match xfer.read(buf) {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.sample_wait += started.elapsed();
+                self.sample_bytes += n as u64;
+                if self.sample_bytes >= speed::THROUGHPUT_SAMPLE_BYTES || n == 0 {
+                    self.report();
+                }
+                Ok(n)
+            }
             Err(e) => {
                 // The data connection broke: the control connection's state is unknown.
                 self.xfer = None;
@@ -728,6 +773,7 @@ impl ByteStream for FtpStream {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
+        self.report();
         let label = self.lease.server.label().to_string();
         let Some(xfer) = self.xfer.take() else {
             return Ok(());
@@ -746,6 +792,7 @@ impl ByteStream for FtpStream {
 
 impl FtpStream {
     fn abort_now(&mut self) {
+        self.report();
         let label = self.lease.server.label().to_string();
         if let Some(xfer) = self.xfer.take() {
             let ok = match self.lease.conn_mut() {
