@@ -154,6 +154,12 @@ pub trait Backend: Send + Sync {
     fn speed(&self, _server: usize) -> Speed {
         Speed::default()
     }
+    /// Connections a background stream could take on the server now without taking its last
+    /// one (segmented reads ask before opening another stream). Backends without connection
+    /// limits have plenty.
+    fn spare_connections(&self, _server: usize) -> usize {
+        usize::MAX
+    }
     /// Start streaming the file at `path` from byte `offset`.
     fn open(
         &self,

@@ -70,6 +70,12 @@ pub struct Args {
     /// Don't fetch directory listings and small files ahead of the walker
     #[arg(long)]
     pub no_prefetch: bool,
+    /// Read big files with one stream from one server, not in pieces from all mirrors at once
+    #[arg(long)]
+    pub no_segmented_reads: bool,
+    /// Most streams (connections, over all mirrors) one segmented read of a big file uses
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_streams_per_file: usize,
     /// Stay in the foreground (either way, SIGINT and SIGTERM unmount cleanly)
     #[arg(short, long)]
     pub foreground: bool,

@@ -22,7 +22,7 @@ pub mod workers;
 
 /// Threads the daemon runs at most, whatever the number of servers or open files: the main
 /// thread, the signal waiter, the FUSE workers, the prefetch workers, the pool listing one
-/// directory across servers, the read-ahead pool, the probe scheduler and its pool, the idle
+/// directory across servers, the read-ahead pool, the segmented-read pool, the probe scheduler and its pool, the idle
 /// reaper and the kernel invalidator (every pool's threads end after a while without work).
 /// Each term is a constant with its reason at its definition.
 pub const MAX_THREADS: usize = 1
@@ -32,6 +32,7 @@ pub const MAX_THREADS: usize = 1
     + circle::prefetch::MAX_WORKERS
     + circle::refresh::LIST_WORKERS
     + circle::handles::READAHEAD_WORKERS
+    + circle::segments::SEGMENT_WORKERS
     + 1
     + ftp::pool::PROBE_WORKERS
     + 1;

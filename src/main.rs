@@ -99,6 +99,9 @@ fn check_args(args: &Args) -> Result<(), String> {
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err("--max-connections must be between 1 and 64".into());
     }
+    if args.max_streams_per_file == 0 || args.max_streams_per_file > 64 {
+        return Err("--max-streams-per-file must be between 1 and 64".into());
+    }
     if args.max_total_connections < 2 || args.max_total_connections > 100_000 {
         return Err("--max-total-connections must be between 2 and 100000".into());
     }
@@ -205,6 +208,11 @@ fn run(
             // A listing is one connect + login + command + transfer, each bounded by timeout.
             max_wait: timeout * 6,
             prefetch: !args.no_prefetch,
+            segments: circle::segments::SegmentOptions {
+                enabled: !args.no_segmented_reads,
+                max_streams: args.max_streams_per_file,
+                ..Default::default()
+            },
         },
     ));
     // Enough workers to use every spare connection (all but one per server), within reason.

@@ -35,7 +35,7 @@ _ftpcircle__fs() {
 
     case "${cmd}" in
         ftpcircle__fs)
-            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --max-total-connections --cache-ttl --cache-entries --no-prefetch --foreground --log-file --verbose --quiet --help --version completions help"
+            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --max-total-connections --cache-ttl --cache-entries --no-prefetch --no-segmented-reads --max-streams-per-file --foreground --log-file --verbose --quiet --help --version completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,10 @@ _ftpcircle__fs() {
                     return 0
                     ;;
                 --cache-entries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-streams-per-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

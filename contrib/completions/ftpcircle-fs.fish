@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_ftpcircle_fs_global_optspecs
-    string join \n servers= ca-file= timeout= max-connections= max-total-connections= cache-ttl= cache-entries= no-prefetch f/foreground o= log-file= v/verbose q/quiet h/help V/version
+    string join \n servers= ca-file= timeout= max-connections= max-total-connections= cache-ttl= cache-entries= no-prefetch no-segmented-reads max-streams-per-file= f/foreground o= log-file= v/verbose q/quiet h/help V/version
 end
 
 function __fish_ftpcircle_fs_needs_command
@@ -31,9 +31,11 @@ complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-connectio
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-total-connections -d 'Sockets to servers at most, over all servers; a connection counts two (control and data). Idle connections of rarely used servers close first' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-ttl -d 'How long directory listings are cached, in seconds' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-entries -d 'How many directory entries the listing cache holds at most, over all listings' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-streams-per-file -d 'Most streams (connections, over all mirrors) one segmented read of a big file uses' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s o -d 'Mount options, comma separated: FUSE options (allow_other, allow_root, auto_unmount, ...) and any long option as a key (cache_ttl=120)' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l log-file -d 'Append the log to this file (otherwise stderr in the foreground, syslog as a daemon)' -r -F
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l no-prefetch -d 'Don\'t fetch directory listings and small files ahead of the walker'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l no-segmented-reads -d 'Read big files with one stream from one server, not in pieces from all mirrors at once'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s f -l foreground -d 'Stay in the foreground (either way, SIGINT and SIGTERM unmount cleanly)'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s q -l quiet -d 'Only errors in the log'

@@ -141,6 +141,7 @@ impl Circle {
             pumps: Arc::clone(&self.readahead),
             mirrors: Arc::clone(&self.mirrors),
             max_wait: self.opts.max_wait,
+            segments: Arc::clone(&self.segments),
         };
         let file = OpenFile::new(&ctx, ino, path, size, sources);
         if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {

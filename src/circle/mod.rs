@@ -16,6 +16,8 @@
 //! | [`prefetch`] | what to fetch ahead of a walker (policy), its queue, workers and file cache |
 //! | [`handles`] | open files and open directories (`.`/`..`, readdirplus references, EROFS) |
 //! | [`reader`] | reading one open file: streaming, failover, read-ahead |
+//! | [`choice`] | which copy to read first, by measured speed |
+//! | [`segments`] | segmented reads of big files from several copies and connections at once |
 //! | [`reaper`] | freeing the connections of open files nobody reads |
 //!
 //! Invariants:
@@ -28,6 +30,7 @@
 //! - the merged view's locks are never held across network calls.
 
 pub mod cache;
+pub mod choice;
 pub mod handles;
 pub mod inodes;
 pub mod merge;
@@ -36,6 +39,7 @@ pub mod prefetch;
 pub mod reader;
 pub mod reaper;
 pub mod refresh;
+pub mod segments;
 pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
@@ -89,6 +93,8 @@ pub struct Options {
     pub max_wait: Duration,
     /// Fetch listings and small files ahead of the walker (see [`prefetch`]).
     pub prefetch: bool,
+    /// Segmented reads of big files (see [`segments`]).
+    pub segments: segments::SegmentOptions,
 }
 
 pub struct Circle {
@@ -99,6 +105,8 @@ pub struct Circle {
     listers: Workers,
     /// Runs read-ahead of big open files.
     readahead: Arc<Workers>,
+    /// Segmented reads: their pool, memory bound and counters.
+    segments: Arc<segments::SegmentContext>,
     nodes: RwLock<Nodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Open directories: the directory and its entries (`.` and `..` first) as of opendir.
@@ -146,6 +154,7 @@ impl Circle {
             )),
             listers: Workers::new("ftpc-list", LIST_WORKERS),
             readahead: Arc::new(Workers::new("ftpc-readahead", READAHEAD_WORKERS)),
+            segments: Arc::new(segments::SegmentContext::new(opts.segments)),
             backend,
             opts,
             nodes: RwLock::new(nodes),
@@ -163,6 +172,11 @@ impl Circle {
 
     pub fn ttl(&self) -> Duration {
         self.opts.ttl
+    }
+
+    /// What segmented reads did so far.
+    pub fn segment_stats(&self) -> segments::SegmentStats {
+        self.segments.stats()
     }
 
     /// Listing commands sent so far (all servers).

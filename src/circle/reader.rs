@@ -35,7 +35,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, ByteStream, Priority};
+use crate::circle::choice;
 use crate::circle::mirrors::Mirrors;
+use crate::circle::segments::{Handover, SegmentContext, Segmented};
 use crate::error::{Error, Kind, Result};
 use crate::workers::Workers;
 
@@ -69,6 +71,8 @@ struct Active {
     pos: u64,
     /// Opened at 0 on a server without REST: reach any offset by reading forward.
     no_rest: bool,
+    /// The stream is a segmented read ([`crate::circle::segments`]) of several copies.
+    segmented: bool,
 }
 
 /// Bytes for a read reply: a slice of a buffered chunk (no copy) or assembled bytes.
@@ -170,6 +174,12 @@ struct State {
     pump_running: bool,
     /// When a request last used this file (for the idle reaper).
     last_read: Option<Instant>,
+    /// End of the last request, and the bytes requested back to back up to it: reads are
+    /// sequential (and worth a segmented read) once that passes the trigger.
+    seq_end: u64,
+    seq_run: u64,
+    /// An error that ends the read being served (copies found different in a segmented read).
+    fatal: Option<Error>,
 }
 
 struct Shared {
@@ -181,6 +191,7 @@ struct Shared {
     sources: Vec<usize>,
     max_wait: Duration,
     mirrors: Arc<Mirrors>,
+    segments: Arc<SegmentContext>,
     st: Mutex<State>,
     cv: Condvar,
 }
@@ -199,6 +210,8 @@ pub struct Context {
     pub mirrors: Arc<Mirrors>,
     /// Upper bound for waiting on another request's chunk.
     pub max_wait: Duration,
+    /// Segmented reads: options, pool, memory bound.
+    pub segments: Arc<SegmentContext>,
 }
 
 impl OpenFile {
@@ -213,6 +226,7 @@ impl OpenFile {
                 sources,
                 max_wait: ctx.max_wait,
                 mirrors: Arc::clone(&ctx.mirrors),
+                segments: Arc::clone(&ctx.segments),
                 st: Mutex::new(State::default()),
                 cv: Condvar::new(),
             }),
@@ -243,10 +257,24 @@ impl OpenFile {
         let mut st = sh.lock();
         st.want_end = st.want_end.max(end);
         st.last_read = Some(Instant::now());
+        // The kernel sends a sequential reader's requests a little out of order: within a
+        // chunk of the last end is still back to back.
+        if off <= st.seq_end + CHUNK as u64 && end + CHUNK as u64 >= st.seq_end {
+            st.seq_run += end.saturating_sub(st.seq_end);
+        } else {
+            st.seq_run = 0;
+        }
+        st.seq_end = st.seq_end.max(end);
+        if st.seq_run == 0 {
+            st.seq_end = end;
+        }
         sh.kick_pump(&mut st);
         // Every turn copies buffered bytes, pulls a chunk, opens a stream (a failure marks a
         // server failed, and `open_at` fails once all have) or waits with the deadline.
         while out.len() < want {
+            if let Some(e) = st.fatal.take() {
+                return Err(e);
+            }
             if out.is_empty()
                 && let Some(data) = st.chunks.slice(off, want)
             {
@@ -375,7 +403,11 @@ impl Shared {
         st.busy = true;
         let want = CHUNK.min((self.size - active.pos) as usize);
         let buf = st.chunks.buffer(want);
+        let handover = self.segment_due(&st, &active);
         drop(st);
+        if let Some(sources) = handover {
+            self.segment(&mut active, sources);
+        }
         let start = active.pos;
         let (data, res) = read_chunk(&mut active, self.size, buf);
         let mut st = self.lock();
@@ -402,6 +434,13 @@ impl Shared {
                     st.active = Some(active);
                 }
             }
+            Err(e) if e.kind == Kind::Mismatch => {
+                // Copies found different mid-read: this read fails (EIO); they are marked.
+                st.fatal = Some(e);
+                drop(st);
+                active.stream.abort();
+                st = self.lock();
+            }
             Err(e) => {
                 log::warn!(
                     "{}: {e} at byte {}; trying another copy",
@@ -416,6 +455,69 @@ impl Shared {
         }
         self.cv.notify_all();
         st
+    }
+
+    /// Should the transfer become a segmented read now? The copies to use if so: the file is
+    /// big enough, its reads are sequential, the stream is at the end of the witness (so the
+    /// first splice can be checked) and there is another copy or connection to use.
+    fn segment_due(&self, st: &State, active: &Active) -> Option<Vec<usize>> {
+        let opts = &self.segments.opts;
+        let ready = opts.enabled
+            && opts.max_streams > 1
+            && !active.segmented
+            && !active.no_rest
+            && st.seq_run >= opts.trigger
+            && self.size.saturating_sub(active.pos) >= opts.min_rest
+            && st
+                .witness
+                .as_ref()
+                .is_some_and(|(off, w)| *off + w.len() as u64 == active.pos && !w.is_empty());
+        if !ready {
+            return None;
+        }
+        let sources = self
+            .sources
+            .iter()
+            .copied()
+            .filter(|&s| {
+                s == active.server
+                    || (!st.failed.contains(&s)
+                        && !st
+                            .agreed
+                            .iter()
+                            .any(|&a| a != s && self.mirrors.differ(&self.path, a, s)))
+            })
+            .collect();
+        Some(sources)
+    }
+
+    /// Turn the transfer into a segmented read (it becomes the first of its streams).
+    fn segment(&self, active: &mut Active, sources: Vec<usize>) {
+        let witness = self
+            .lock()
+            .witness
+            .as_ref()
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default();
+        let placeholder: Box<dyn ByteStream> = Box::new(Ended);
+        let stream = std::mem::replace(&mut active.stream, placeholder);
+        let seg = Segmented::start(
+            &self.backend,
+            &self.segments,
+            &self.mirrors,
+            Handover {
+                path: self.path.clone(),
+                size: self.size,
+                sources,
+                stream,
+                server: active.server,
+                pos: active.pos,
+                witness,
+                max_wait: self.max_wait,
+            },
+        );
+        active.stream = Box::new(seg);
+        active.segmented = true;
     }
 
     /// Abort the current transfer and open one at `offset`.
@@ -473,7 +575,8 @@ impl Shared {
         let mut newly_failed = Vec::new();
         let mut no_rest = Vec::new();
         let mut last_err = None;
-        let usable = self.sources.iter().copied().filter(|&s| {
+        let ranked = choice::rank(self.backend.as_ref(), &self.sources, self.size);
+        let usable = ranked.into_iter().filter(|&s| {
             !failed.contains(&s)
                 && !splice
                     .agreed
@@ -553,6 +656,7 @@ impl Shared {
             stream,
             pos: at,
             no_rest,
+            segmented: false,
         };
         if let Some((w_off, witness)) = check
             && let Err(e) = self.check_splice(&mut active, agreed, w_off, witness)
@@ -640,6 +744,19 @@ impl Shared {
             self.kick_pump(&mut st);
         }
     }
+}
+
+/// A stream with nothing in it (stands in for a moment while the transfer is handed over).
+struct Ended;
+
+impl ByteStream for Ended {
+    fn read(&mut self, _buf: &mut [u8]) -> Result<usize> {
+        Ok(0)
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+    fn abort(self: Box<Self>) {}
 }
 
 /// The transfer delivered the listed size: it must end now. More bytes mean the file grew on

@@ -358,6 +358,16 @@ impl Server {
         });
     }
 
+    /// Connections background work could take now, one of the budget always left over
+    /// (the same rule as [`Self::acquire`] applies to background requests).
+    pub fn spare(&self) -> usize {
+        let st = self.lock();
+        if st.down.is_some() || st.fg_waiting > 0 {
+            return 0;
+        }
+        st.budget.max(2).saturating_sub(st.leased + 1)
+    }
+
     /// Is the server marked down right now?
     pub fn is_down(&self) -> bool {
         self.lock().down.is_some()
@@ -565,6 +575,10 @@ impl Backend for FtpBackend {
 
     fn is_down(&self, s: usize) -> bool {
         self.servers.get(s).is_some_and(|srv| srv.is_down())
+    }
+
+    fn spare_connections(&self, s: usize) -> usize {
+        self.servers.get(s).map_or(0, |srv| srv.spare())
     }
 
     fn speed(&self, s: usize) -> Speed {
