@@ -22,6 +22,12 @@ struct MockServer {
     link_targets: HashMap<Vec<u8>, LinkTargets>,
     /// Hash algorithms offered ([`HashAlgo::bit`]s).
     hash_algos: u8,
+    /// Each stream delivers at most this many bytes per second.
+    rate: Option<u64>,
+    /// A stream that gets past this offset hangs this long, then fails (a stalled server).
+    stall: Option<(u64, Duration)>,
+    /// Connections to spare for background streams (`None`: plenty).
+    spare: Option<usize>,
 }
 
 type Listings = HashMap<(usize, Vec<u8>), Vec<RawEntry>>;
@@ -54,15 +60,26 @@ impl Mock {
 }
 
 struct MockStream {
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     pos: usize,
     /// Bytes left before the stream "drops".
     budget: Option<usize>,
+    rate: Option<u64>,
+    stall: Option<(u64, Duration)>,
 }
 
 impl ByteStream for MockStream {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if let Some((at, hang)) = self.stall
+            && self.pos as u64 >= at
+        {
+            std::thread::sleep(hang);
+            return Err(Error::new(Kind::Timeout, "stalled"));
+        }
         let mut n = buf.len().min(self.data.len() - self.pos).min(7919);
+        if let Some(rate) = self.rate {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+        }
         if let Some(b) = self.budget.as_mut() {
             if *b == 0 {
                 return Err(Error::new(Kind::Network, "connection reset"));
@@ -92,6 +109,9 @@ impl Backend for Mock {
     }
     fn is_down(&self, s: usize) -> bool {
         self.servers[s].down
+    }
+    fn spare_connections(&self, s: usize) -> usize {
+        self.servers[s].spare.unwrap_or(usize::MAX)
     }
     fn list(&self, s: usize, path: &[u8], _prio: Priority) -> Result<Vec<RawEntry>> {
         *self
@@ -150,9 +170,11 @@ impl Backend for Mock {
         }
         let data = srv.files.get(path).cloned().ok_or_else(Error::not_found)?;
         Ok(Box::new(MockStream {
-            data,
+            data: Arc::new(data),
             pos: offset as usize,
             budget: srv.drop_after,
+            rate: srv.rate,
+            stall: srv.stall,
         }))
     }
 }
@@ -876,4 +898,195 @@ fn a_splice_onto_a_copy_without_rest_reads_up_to_the_overlap() {
     let (got, res) = read_until_error(&c, x);
     assert_eq!(res.unwrap_err().kind, Kind::Mismatch);
     assert!(data.starts_with(&got));
+}
+
+// Segmented reads: small pieces and thresholds so a few MiB exercise them.
+
+const SEG_FILE: usize = 6 << 20;
+
+fn seg_opts(max_streams: usize) -> segments::SegmentOptions {
+    segments::SegmentOptions {
+        enabled: true,
+        max_streams,
+        piece: 64 << 10,
+        window: 8,
+        min_rest: 1 << 20,
+        trigger: 256 << 10,
+    }
+}
+
+/// `n` servers with the same big file `pub/seg.bin`.
+fn mirrors_of(n: usize, data: &[u8]) -> Mock {
+    let servers = (0..n)
+        .map(|_| {
+            let mut s = MockServer::default();
+            s.dirs.insert(b"".to_vec(), vec![dir("pub")]);
+            s.dirs
+                .insert(b"pub".to_vec(), vec![file("seg.bin", data.len())]);
+            s.files.insert(b"pub/seg.bin".to_vec(), data.to_vec());
+            s
+        })
+        .collect();
+    Mock {
+        servers,
+        ..Default::default()
+    }
+}
+
+fn seg_circle(mock: Mock, max_streams: usize) -> (Arc<Mock>, Circle, u64) {
+    let mock = Arc::new(mock);
+    let c = Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl: Duration::from_secs(60),
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: false,
+            segments: seg_opts(max_streams),
+        },
+    );
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let ino = c.lookup(pub_, b"seg.bin").unwrap().ino;
+    (mock, c, ino)
+}
+
+/// Streams opened per server (REST offsets), from the mock's log.
+fn opens_per_server(mock: &Mock, n: usize) -> Vec<usize> {
+    let opens = mock.opens.lock().unwrap();
+    (0..n)
+        .map(|s| opens.iter().filter(|o| o.0 == s).count())
+        .collect()
+}
+
+#[test]
+fn a_big_sequential_read_takes_pieces_from_every_mirror_in_order() {
+    let data = bytes(SEG_FILE, 3);
+    let (mock, c, ino) = seg_circle(mirrors_of(3, &data), 6);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    let st = c.segment_stats();
+    assert_eq!(st.files, 1, "{st:?}");
+    assert_eq!(st.pieces.len(), 3, "{st:?}");
+    assert!(st.pieces.iter().all(|&p| p > 0), "every mirror: {st:?}");
+    assert!(st.splices_checked > 0, "{st:?}");
+    // Bounds: the window plus one second fetch, per file and (one file) overall.
+    let bound = (8 + 1) * (64 << 10);
+    assert!(st.peak_file_bytes <= bound, "{st:?}");
+    assert!(st.peak_global_bytes <= bound, "{st:?}");
+    assert!(opens_per_server(&mock, 3).iter().all(|&n| n > 0));
+}
+
+#[test]
+fn faster_streams_take_more_pieces() {
+    let data = bytes(SEG_FILE, 4);
+    let mut m = mirrors_of(2, &data);
+    m.servers[0].rate = Some(1_500_000);
+    m.servers[1].rate = Some(15_000_000);
+    // One stream per server: s0's (the first, by serverlist order) and one on s1.
+    let (_mock, c, ino) = seg_circle(m, 2);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    let st = c.segment_stats();
+    assert!(
+        st.pieces[1] > 2 * st.pieces[0],
+        "the 10x faster stream should take most pieces: {st:?}"
+    );
+}
+
+#[test]
+fn a_stalled_piece_is_taken_over_and_a_failing_mirror_costs_no_bytes() {
+    let data = bytes(SEG_FILE, 5);
+    let mut m = mirrors_of(2, &data);
+    // s1's streams hang for 3 s once past 2 MiB, then fail; the reader takes its piece over
+    // after STALL_AFTER (1 s) instead of waiting.
+    m.servers[1].stall = Some((2 << 20, Duration::from_secs(3)));
+    m.servers[0].rate = Some(40_000_000);
+    let (_mock, c, ino) = seg_circle(m, 4);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    let st = c.segment_stats();
+    assert!(st.takeovers >= 1, "{st:?}");
+    assert!(st.pieces[0] > 0 && st.pieces[1] > 0, "{st:?}");
+}
+
+#[test]
+fn pieces_fail_over_to_another_copy() {
+    let data = bytes(SEG_FILE, 6);
+    let mut m = mirrors_of(3, &data);
+    // Every stream of s1 breaks after 100 KB: its pieces come from s0 and s2.
+    m.servers[1].drop_after = Some(100_000);
+    let (_mock, c, ino) = seg_circle(m, 6);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    let st = c.segment_stats();
+    assert!(st.pieces[0] > 0 && st.pieces[2] > 0, "{st:?}");
+}
+
+#[test]
+fn a_mirror_with_other_bytes_fails_the_read_with_eio_and_is_marked() {
+    let data = bytes(SEG_FILE, 7);
+    let mut other = data.clone();
+    for b in &mut other[512 << 10..] {
+        *b ^= 0x5a;
+    }
+    let mut m = mirrors_of(2, &data);
+    m.servers[1].files.insert(b"pub/seg.bin".to_vec(), other);
+    let (_mock, c, ino) = seg_circle(m, 4);
+    let (got, res) = read_until_error(&c, ino);
+    let err = res.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert!(
+        got[..] == data[..got.len()],
+        "bytes before the error are s0's"
+    );
+    assert!(c.mirrors.differ(b"pub/seg.bin", 0, 1));
+}
+
+#[test]
+fn no_stream_takes_a_servers_last_connection() {
+    let data = bytes(SEG_FILE, 8);
+    let mut m = mirrors_of(2, &data);
+    m.servers[1].spare = Some(0);
+    let (mock, c, ino) = seg_circle(m, 6);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    assert_eq!(opens_per_server(&mock, 2)[1], 0, "s1 had nothing to spare");
+    assert!(opens_per_server(&mock, 2)[0] > 1, "more streams on s0");
+}
+
+#[test]
+fn random_preads_stay_small_and_right() {
+    let data = bytes(SEG_FILE, 9);
+    let (mock, c, ino) = seg_circle(mirrors_of(2, &data), 6);
+    let (fh, _) = c.open(ino, libc::O_RDONLY).unwrap();
+    let mut x: u64 = 12345;
+    for _ in 0..50 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 33) % (SEG_FILE as u64 - 4096);
+        let d = c.read(fh, off, 4096).unwrap();
+        assert!(d.as_slice() == &data[off as usize..off as usize + 4096]);
+    }
+    c.release(fh);
+    assert_eq!(c.segment_stats().files, 0, "no fan-out for random reads");
+    assert_eq!(opens_per_server(&mock, 2)[1], 0, "one copy served them");
+}
+
+#[test]
+fn segmented_reads_switched_off_use_one_stream() {
+    let data = bytes(SEG_FILE, 10);
+    let mock = Arc::new(mirrors_of(2, &data));
+    let mut opts = seg_opts(6);
+    opts.enabled = false;
+    let c = Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl: Duration::from_secs(60),
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: false,
+            segments: opts,
+        },
+    );
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let ino = c.lookup(pub_, b"seg.bin").unwrap().ino;
+    assert!(read_all(&c, ino).unwrap() == data);
+    assert_eq!(c.segment_stats().files, 0);
+    assert_eq!(*mock.opens.lock().unwrap(), vec![(0, 0)]);
 }
