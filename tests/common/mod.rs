@@ -668,6 +668,12 @@ pub fn check_fake_no_write_commands(fake: &fake::FakeFtp) -> Result<(), String> 
     }
 }
 
+thread_local! {
+    /// Extra vsftpd.conf lines for the next vsftpd started on this thread
+    /// ([`FtpServer::vsftpd_rate`]).
+    static VSFTPD_EXTRA: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A real FTP server on loopback, killed (with its whole process group) and
 /// reaped on drop.
 pub struct FtpServer {
@@ -699,6 +705,15 @@ impl FtpServer {
     /// Plain vsftpd, anonymous read-only, on 127.0.0.1.
     pub fn vsftpd(root: &Path) -> FtpServer {
         Self::start_vsftpd(root, ServerKind::Vsftpd, None, "127.0.0.1")
+    }
+
+    /// Plain vsftpd whose every connection sends at most `bytes_per_sec`
+    /// (`anon_max_rate`), like public mirrors that cap each connection.
+    pub fn vsftpd_rate(root: &Path, bytes_per_sec: u64) -> FtpServer {
+        VSFTPD_EXTRA.with(|e| *e.borrow_mut() = vec![format!("anon_max_rate={bytes_per_sec}")]);
+        let srv = Self::start_vsftpd(root, ServerKind::Vsftpd, None, "127.0.0.1");
+        VSFTPD_EXTRA.with(|e| e.borrow_mut().clear());
+        srv
     }
 
     /// vsftpd requiring explicit FTPS (AUTH TLS, protected data channel,
@@ -879,6 +894,7 @@ impl FtpServer {
                     conf.push("implicit_ssl=YES".into());
                 }
             }
+            VSFTPD_EXTRA.with(|e| conf.extend(e.borrow().iter().cloned()));
             let mut text = conf.join("\n");
             text.push('\n');
             fs::write(&conf_path, text).expect("write vsftpd.conf");
