@@ -2,7 +2,7 @@
 # Soak test: a mount under sustained parallel reads while one server keeps
 # failing.  As root on Debian 12:
 #
-#     scripts/soak.sh [--minutes 10] [--servers 3] [--big-mib 32] [--keep] [--debug]
+#     scripts/soak.sh [--minutes 10] [--servers 3] [--big-mib 32] [--seg-mib 64] [--keep] [--debug]
 #
 # Starts K anonymous vsftpd servers on 127.0.0.1 (K >= 2), generates data
 # (a few big files mirrored on every server, many small files), mounts the
@@ -10,7 +10,9 @@
 # number of minutes, runs in parallel:
 #
 #   * a cp loop copying the big files out of the mount, checking each copy's
-#     sha256 against the source;
+#     sha256 against the source; one of them (seg.bin, --seg-mib, 0 for none)
+#     is big enough to be read in pieces from all mirrors at once (segmented
+#     reads), so those run while server 1 flaps too;
 #   * a grep -r loop over the small files, checking the number of files hit;
 #   * two random-pread loops (/usr/bin/python3) checking the bytes read at
 #     random offsets of the big files against the source files;
@@ -43,6 +45,7 @@ MINUTES=10
 SERVERS=3
 BIG_MIB=32
 BIG_FILES=3
+SEG_MIB=64
 SMALL_PER_SERVER=200
 SMALL_COMMON=100
 MAX_FD_GROWTH=32
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
     --minutes) MINUTES=${2:?}; shift 2 ;;
     --servers) SERVERS=${2:?}; shift 2 ;;
     --big-mib) BIG_MIB=${2:?}; shift 2 ;;
+    --seg-mib) SEG_MIB=${2:?}; shift 2 ;;
     --max-fd-growth) MAX_FD_GROWTH=${2:?}; shift 2 ;;
     --max-rss-growth-mib) MAX_RSS_GROWTH_MIB=${2:?}; shift 2 ;;
     --keep) KEEP=1; shift ;;
@@ -70,7 +74,7 @@ while [ $# -gt 0 ]; do
     *) printf 'unknown argument: %s\n' "$1" >&2; usage 2 ;;
     esac
 done
-for v in MINUTES SERVERS BIG_MIB MAX_FD_GROWTH MAX_RSS_GROWTH_MIB; do
+for v in MINUTES SERVERS BIG_MIB SEG_MIB MAX_FD_GROWTH MAX_RSS_GROWTH_MIB; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "--${v,,}: not a number: ${!v}" >&2; exit 2; }
 done
 in_range() { # in_range NAME VALUE MIN MAX HINT
@@ -82,6 +86,7 @@ in_range() { # in_range NAME VALUE MIN MAX HINT
 in_range --minutes "$MINUTES" 1 1440 ""
 in_range --servers "$SERVERS" 2 16 " (server 1 needs a mirror)"
 in_range --big-mib "$BIG_MIB" 1 4096 ""
+in_range --seg-mib "$SEG_MIB" 0 4096 ""
 
 ftpc_need_root
 [ -x "$FTPC_VSFTPD" ] || ftpc_die "vsftpd missing ($FTPC_VSFTPD); scripts/test.sh installs it"
@@ -179,6 +184,9 @@ for ((b = 1; b <= BIG_FILES; b++)); do
     # Sizes differ a little so no two big files are confused.
     head -c $((BIG_MIB * 1048576 + b * 4099)) /dev/urandom >"$SRC/big/big$b.bin"
 done
+if [ "$SEG_MIB" -gt 0 ]; then
+    head -c $((SEG_MIB * 1048576 + 12345)) /dev/urandom >"$SRC/big/seg.bin"
+fi
 GREP_HITS=$(cat "$WORK/grep_hits")
 (cd "$SRC" && grep -r -l -F "$NEEDLE" small | sort >"$WORK/grep.want")
 (cd "$SRC/big" && sha256sum big*.bin >"$WORK/big.sha256")
@@ -511,6 +519,7 @@ RSS_GROWTH_KB=$((RSS2 - RSS1))
 ERR_TEXT=
 for k in "${!ERRS[@]}"; do ERR_TEXT+="$k=${ERRS[$k]} "; done
 LOG_PROBLEMS=$(grep -c ' WARN \| ERROR ' "$WORK/ftpcircle-fs.log" 2>/dev/null || true)
+SEGMENTED=$(grep -c 'segmented read from byte' "$WORK/ftpcircle-fs.log" 2>/dev/null || true)
 
 echo
 echo "== ftpcircle-fs soak: $SERVERS servers, $MINUTES min, $BIG_FILES x $BIG_MIB MiB mirrored, $(find "$SRC/small" -type f | wc -l) small files =="
@@ -526,6 +535,7 @@ printf 'chaos  : %s freezes, %s kills (%s failed restarts) of server 1\n' \
 printf 'total  : %s bytes read and verified, %s wrong bytes\n' "$((CP_BYTES + PR_BYTES))" "$WRONG"
 printf 'errors : %s\n' "${ERR_TEXT:-none}"
 printf 'log    : %s WARN/ERROR lines in the daemon log\n' "${LOG_PROBLEMS:-0}"
+printf 'pieces : %s segmented reads (big files read from all mirrors at once)\n' "${SEGMENTED:-0}"
 printf 'daemon : fds %s (mount) %s (warm) %s (end), growth %s (limit %s)\n' \
     "$FD0" "$FD1" "$FD2" "$FD_GROWTH" "$MAX_FD_GROWTH"
 printf 'daemon : RSS %s kB (mount) %s kB (warm) %s kB (end), growth %s kB (limit %s MiB)\n' \
@@ -539,6 +549,7 @@ FAIL=()
 [ "$WRONG" -eq 0 ] || FAIL+=("$WRONG wrong bytes")
 [ "$GREP_MISMATCH" -eq 0 ] || FAIL+=("$GREP_MISMATCH silent grep mismatches")
 [ "$((CP_BYTES + PR_BYTES))" -gt 0 ] || FAIL+=("nothing was read")
+[ "$SEG_MIB" -eq 0 ] || [ "${SEGMENTED:-0}" -gt 0 ] || FAIL+=("no segmented read happened")
 [ "$FD_GROWTH" -le "$MAX_FD_GROWTH" ] || FAIL+=("fd growth $FD_GROWTH > $MAX_FD_GROWTH")
 [ "$RSS_GROWTH_KB" -le $((MAX_RSS_GROWTH_MIB * 1024)) ] || FAIL+=("RSS growth ${RSS_GROWTH_KB} kB > ${MAX_RSS_GROWTH_MIB} MiB")
 if [ "${#FAIL[@]}" -eq 0 ]; then

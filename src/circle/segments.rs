@@ -292,7 +292,7 @@ impl Segmented {
             cv: Condvar::new(),
         });
         ctx.stat(|s| s.files += 1);
-        log::debug!(
+        log::info!(
             "{}: segmented read from byte {} ({} copies)",
             seg.display(),
             h.pos,
