@@ -8,60 +8,75 @@
 //! - big files: the highest throughput first; small files (up to [`SMALL_BY_RTT`]): the lowest
 //!   round trip first, since a small file costs round trips, not bandwidth (and the fastest to
 //!   answer are spread over by `grep -r` across mirrors as their round trips vary);
-//! - figures within [`TIE`] of each other are equal, and serverlist order breaks the tie;
+//! - a figure near the best one is as good as the best: the first such server in serverlist
+//!   order goes first (throughput at least half the best; a round trip at most twice the
+//!   best or within [`RTT_SLACK`] of it), so noise between equal mirrors never reorders them;
 //! - a server not measured yet counts as good as the best measured one, so it is tried in its
 //!   serverlist place and gets measured, instead of never being tried.
 //!
 //! Invariants: the result is a permutation of the sources given; with no figures at all it is
 //! serverlist order (today's behaviour).
 
+use std::time::Duration;
+
 use crate::backend::Backend;
 
 /// Files up to 1 MiB are ranked by round trip: at 25 MB/s 1 MiB takes 40 ms, the order of a
 /// few round trips to a distant server.
 pub const SMALL_BY_RTT: u64 = 1 << 20;
-/// Figures within 25% are a tie: measurements on a shared link vary that much between
-/// transfers, and flapping between equal mirrors would only cost connections.
-const TIE: f64 = 1.25;
-
-/// A figure as a bucket number: equal buckets are a tie. Higher is better.
-fn bucket(better_is_higher: f64) -> i64 {
-    if better_is_higher <= 0.0 {
-        return i64::MIN;
-    }
-    (better_is_higher.ln() / TIE.ln()).floor() as i64
-}
+/// Throughputs within a factor of 2 are a tie: measurements on a shared link vary that much
+/// between transfers, and flapping between equal mirrors would only cost connections.
+const TIE: f64 = 2.0;
+/// Round trips within 2 ms of the best are a tie too: on a LAN or loopback they are all noise.
+const RTT_SLACK: Duration = Duration::from_millis(2);
 
 /// `sources` (server indexes in serverlist order) in the order to try them for a file of
 /// `size` bytes.
 pub fn rank(backend: &dyn Backend, sources: &[usize], size: u64) -> Vec<usize> {
     let by_rtt = size <= SMALL_BY_RTT;
-    // Higher is better: bytes per second, or the inverse of the round trip.
-    let figure = |s: usize| {
-        let sp = backend.speed(s);
-        if by_rtt {
-            sp.rtt.map(|d| 1.0 / d.as_secs_f64().max(1e-6))
-        } else {
-            sp.bytes_per_sec
-        }
-    };
-    let figures: Vec<Option<f64>> = sources.iter().map(|&s| figure(s)).collect();
-    let best = figures
+    // (server, figure): seconds of round trip (lower is better) or bytes per second.
+    let mut left: Vec<(usize, Option<f64>)> = sources
         .iter()
-        .flatten()
-        .copied()
-        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    let mut order: Vec<(bool, i64, usize, usize)> = sources
-        .iter()
-        .zip(&figures)
-        .enumerate()
-        .map(|(pos, (&s, f))| {
-            let value = f.or(best).map_or(0, bucket);
-            (backend.is_down(s), -value, pos, s)
+        .map(|&s| {
+            let sp = backend.speed(s);
+            let f = if by_rtt {
+                sp.rtt.map(|d| d.as_secs_f64())
+            } else {
+                sp.bytes_per_sec
+            };
+            (s, f)
         })
         .collect();
-    order.sort();
-    order.into_iter().map(|(_, _, _, s)| s).collect()
+    let better = |a: f64, b: f64| if by_rtt { a < b } else { a > b };
+    let near = |f: f64, best: f64| {
+        if by_rtt {
+            f <= best * TIE || f <= best + RTT_SLACK.as_secs_f64()
+        } else {
+            f >= best / TIE
+        }
+    };
+    let (mut up, down): (Vec<_>, Vec<_>) = left.drain(..).partition(|&(s, _)| !backend.is_down(s));
+    let mut order = Vec::with_capacity(sources.len());
+    // Each turn moves one server to `order`: bounded by the number of sources.
+    while !up.is_empty() {
+        let best = up
+            .iter()
+            .filter_map(|&(_, f)| f)
+            .fold(None, |m: Option<f64>, v| match m {
+                Some(m) if !better(v, m) => Some(m),
+                _ => Some(v),
+            });
+        let pick = up
+            .iter()
+            .position(|&(_, f)| match (f, best) {
+                (Some(f), Some(best)) => near(f, best),
+                _ => true,
+            })
+            .unwrap_or(0);
+        order.push(up.remove(pick).0);
+    }
+    order.extend(down.into_iter().map(|(s, _)| s));
+    order
 }
 
 #[cfg(test)]
@@ -69,7 +84,6 @@ mod tests {
     use super::*;
     use crate::backend::{ByteStream, Priority, RawEntry, Speed};
     use crate::error::Result;
-    use std::time::Duration;
 
     struct Figures(Vec<Speed>, Vec<bool>);
 
@@ -132,10 +146,12 @@ mod tests {
     #[test]
     fn near_figures_tie_and_serverlist_order_decides() {
         let b = Figures(
-            vec![sp(None, Some(20.0)), sp(None, Some(22.0))],
+            vec![sp(Some(1), Some(20.0)), sp(Some(0), Some(35.0))],
             vec![false; 2],
         );
         assert_eq!(rank(&b, &[0, 1], BIG), vec![0, 1]);
+        // Loopback round trips (0.1 vs 1 ms) are noise: a tie.
+        assert_eq!(rank(&b, &[0, 1], 10), vec![0, 1]);
     }
 
     #[test]
