@@ -184,12 +184,12 @@ for ((b = 1; b <= BIG_FILES; b++)); do
     # Sizes differ a little so no two big files are confused.
     head -c $((BIG_MIB * 1048576 + b * 4099)) /dev/urandom >"$SRC/big/big$b.bin"
 done
+GREP_HITS=$(cat "$WORK/grep_hits")
+(cd "$SRC" && grep -r -l -F "$NEEDLE" small | sort >"$WORK/grep.want")
 if [ "$SEG_MIB" -gt 0 ]; then
     head -c $((SEG_MIB * 1048576 + 12345)) /dev/urandom >"$SRC/big/seg.bin"
 fi
-GREP_HITS=$(cat "$WORK/grep_hits")
-(cd "$SRC" && grep -r -l -F "$NEEDLE" small | sort >"$WORK/grep.want")
-(cd "$SRC/big" && sha256sum big*.bin >"$WORK/big.sha256")
+(cd "$SRC/big" && sha256sum ./*.bin | sed 's| \./| |' >"$WORK/big.sha256")
 
 for ((i = 1; i <= SERVERS; i++)); do
     root=$WORK/srv$i
