@@ -64,9 +64,10 @@ pub const GLOBAL_BYTES: u64 = 256 << 20;
 /// Only a file with at least this much left to read is segmented: below it one stream is done
 /// in about a second even at 25 MB/s, and more connections would cost more than they save.
 pub const MIN_REST: u64 = 32 << 20;
-/// Reads are sequential once this many bytes were requested back to back (random preads, a zip
-/// central directory, `tail -c`, never get there).
-pub const SEQUENTIAL_TRIGGER: u64 = 4 << 20;
+/// Reads are sequential once this many bytes were requested back to back: a few requests of
+/// the kernel's readahead (random preads, a zip central directory, `tail -c` of less than
+/// MIN_REST, never start a segmented read). Low, because a slow first copy serves it alone.
+pub const SEQUENTIAL_TRIGGER: u64 = 1 << 20;
 /// A piece the reader waits for without a byte arriving for this long is fetched again
 /// elsewhere: long against a 1 ms round trip or a 160 ms piece, short against `--timeout`.
 pub const STALL_AFTER: Duration = Duration::from_secs(1);
@@ -77,6 +78,11 @@ pub const SEGMENT_WORKERS: usize = 16;
 pub const DEFAULT_MAX_STREAMS: usize = 8;
 /// A piece reports progress (and learns if it is still wanted) every 256 KiB.
 const PROGRESS_STEP: usize = 256 << 10;
+/// A stream a quarter as fast as the fastest of its file is dropped after its piece, and a
+/// piece the reader waits for that its stream would finish SLOW_FACTOR times later than the
+/// fastest stream could fetch all of it is fetched again by a faster one: a 5 MB/s mirror must
+/// not hold up 100 MB/s ones, while equal mirrors (rates within noise) are never dropped.
+const SLOW_FACTOR: f64 = 4.0;
 /// How often a waiting reader looks for stalled pieces.
 const WAIT_TICK: Duration = Duration::from_millis(100);
 
@@ -171,6 +177,9 @@ enum PState {
     Taken {
         by: u64,
         last_progress: Instant,
+        /// When `by` started on it, and the bytes it has so far (how fast it goes).
+        since: Instant,
+        got: u64,
     },
     Done {
         data: Vec<u8>,
@@ -204,6 +213,8 @@ struct Slot {
     /// A piece (by start) it must fetch next: a stalled one.
     assigned: Option<u64>,
     prio: Priority,
+    /// Bytes per second of its last piece.
+    rate: Option<f64>,
 }
 
 struct St {
@@ -214,6 +225,9 @@ struct St {
     next_id: u64,
     /// Servers that failed for this file.
     failed: Vec<usize>,
+    /// Servers whose streams were dropped as too slow: no new streams there while faster
+    /// ones run.
+    slow: Vec<usize>,
     /// The last bytes the reader got (up to OVERLAP) and the server they came from.
     tail: Vec<u8>,
     tail_server: usize,
@@ -281,9 +295,11 @@ impl Segmented {
                     opened: true,
                     assigned: None,
                     prio: Priority::Foreground,
+                    rate: None,
                 }],
                 next_id: 1,
                 failed: Vec::new(),
+                slow: Vec::new(),
                 tail: h.witness,
                 tail_server: h.server,
                 error: None,
@@ -384,6 +400,7 @@ impl Seg {
             .into_iter()
             .filter(|&s| {
                 !st.failed.contains(&s)
+                    && (st.slots.is_empty() || !st.slow.contains(&s))
                     && !self.backend.is_down(s)
                     && (s == self.primary || !self.mirrors.differ(&self.path, self.primary, s))
             })
@@ -436,6 +453,7 @@ impl Seg {
             opened: false,
             assigned: None,
             prio,
+            rate: None,
         });
         id
     }
@@ -492,6 +510,8 @@ impl Seg {
         p.state = PState::Taken {
             by: id,
             last_progress: Instant::now(),
+            since: Instant::now(),
+            got: 0,
         };
         let taken = (p.start, p.len);
         let held = Self::held_bytes(st);
@@ -506,11 +526,35 @@ impl Seg {
         let Some(i) = st.slots.iter().position(|s| s.id == id) else {
             return;
         };
-        if st.closed || st.error.is_some() {
+        let best = st.slots.iter().filter_map(|s| s.rate).fold(0.0, f64::max);
+        let too_slow = st.slots[i]
+            .rate
+            .is_some_and(|r| r * SLOW_FACTOR < best && st.slots.len() > 1);
+        if st.closed || st.error.is_some() || too_slow {
             let slot = st.slots.remove(i);
+            if too_slow {
+                log::info!(
+                    "{}: dropping a stream from {} ({:.1} MB/s; the fastest does {:.1} MB/s)",
+                    self.display(),
+                    self.backend.label(slot.server),
+                    slot.rate.unwrap_or(0.0) / 1e6,
+                    best / 1e6
+                );
+                if !st.slow.contains(&slot.server) {
+                    st.slow.push(slot.server);
+                }
+            }
+            let more = if too_slow {
+                self.more_streams(&mut st)
+            } else {
+                Vec::new()
+            };
             drop(st);
             if let Some((c, _)) = slot.conn {
                 c.abort();
+            }
+            for id in more {
+                self.spawn(id);
             }
             return;
         }
@@ -544,6 +588,7 @@ impl Seg {
             s.opened = true;
         }
         let total = prefix_len + len as usize;
+        let fetch_started = Instant::now();
         let mut buf = vec![0u8; total];
         let mut got = 0;
         while got < total {
@@ -561,9 +606,15 @@ impl Seg {
                         return false;
                     }
                     match &mut p.state {
-                        PState::Taken { by, last_progress } => {
+                        PState::Taken {
+                            by,
+                            last_progress,
+                            got: done,
+                            ..
+                        } => {
                             if *by == id {
                                 *last_progress = Instant::now();
+                                *done = got as u64;
                             }
                             *by == id || p.second == Some(id)
                         }
@@ -597,7 +648,9 @@ impl Seg {
             handed_in = true;
         }
         let mut spawn = Vec::new();
+        let rate = total as f64 / fetch_started.elapsed().as_secs_f64().max(1e-6);
         if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
+            s.rate = Some(rate);
             if handed_in {
                 s.conn = Some((stream, start + len));
                 spawn.push(id);
@@ -665,6 +718,8 @@ impl Seg {
                     p.state = PState::Taken {
                         by: second,
                         last_progress: Instant::now(),
+                        since: Instant::now(),
+                        got: 0,
                     };
                 } else {
                     p.state = PState::Free;
@@ -705,19 +760,42 @@ impl Seg {
     /// server first) takes it; else a new stream on another copy with a connection to spare.
     fn take_over(self: &Arc<Self>, st: &mut St) -> Option<u64> {
         let front = st.pieces.front()?;
-        let PState::Taken { by, last_progress } = front.state else {
+        let PState::Taken {
+            by,
+            last_progress,
+            since,
+            got,
+        } = front.state
+        else {
             return None;
         };
-        if front.second.is_some() || last_progress.elapsed() < STALL_AFTER {
+        if front.second.is_some() {
+            return None;
+        }
+        let stalled = last_progress.elapsed() >= STALL_AFTER;
+        // Slow: its stream would need longer for the rest than the fastest stream for all of
+        // it, by SLOW_FACTOR (a 5 MB/s mirror holding a piece 100 MB/s streams wait for).
+        let best = st.slots.iter().filter_map(|s| s.rate).fold(0.0, f64::max);
+        let elapsed = since.elapsed().as_secs_f64();
+        let slow = best > 0.0
+            && elapsed > 0.05
+            && (front.len.saturating_sub(got) as f64) / (got as f64 / elapsed).max(1.0)
+                > SLOW_FACTOR * front.len as f64 / best;
+        if !stalled && !slow {
             return None;
         }
         let start = front.start;
         let holder = st.slots.iter().find(|s| s.id == by).map(|s| s.server);
+        // A parked stream, another server's first, the fastest first.
         let parked = st
             .slots
             .iter()
             .filter(|s| !s.running)
-            .min_by_key(|s| Some(s.server) == holder)
+            .max_by(|a, b| {
+                (Some(a.server) != holder, a.rate.unwrap_or(0.0))
+                    .partial_cmp(&(Some(b.server) != holder, b.rate.unwrap_or(0.0)))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
             .map(|s| s.id);
         let id = match parked {
             Some(id) => id,
@@ -735,8 +813,9 @@ impl Seg {
         slot.assigned = Some(start);
         slot.running = true;
         log::info!(
-            "{}: the piece at byte {start} stalled; fetching it from {} too",
+            "{}: the piece at byte {start} is {}; fetching it from {} too",
             self.display(),
+            if stalled { "stalled" } else { "slow" },
             self.backend.label(slot.server)
         );
         self.ctx.stat(|s| s.takeovers += 1);
