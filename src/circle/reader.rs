@@ -73,6 +73,9 @@ struct Active {
     no_rest: bool,
     /// The stream is a segmented read ([`crate::circle::segments`]) of several copies.
     segmented: bool,
+    /// Where and when the transfer started (how fast it goes alone).
+    start: u64,
+    opened: Instant,
 }
 
 /// Bytes for a read reply: a slice of a buffered chunk (no copy) or assembled bytes.
@@ -458,11 +461,15 @@ impl Shared {
     }
 
     /// Should the transfer become a segmented read now? The copies to use if so: the file is
-    /// big enough, its reads are sequential, the stream is at the end of the witness (so the
+    /// big enough, its reads are sequential, the transfer alone is not already fast, the stream is at the end of the witness (so the
     /// first splice can be checked) and there is another copy or connection to use.
     fn segment_due(&self, st: &State, active: &Active) -> Option<Vec<usize>> {
         let opts = &self.segments.opts;
+        let ran = active.opened.elapsed();
+        let alone = active.pos.saturating_sub(active.start) as f64 / ran.as_secs_f64().max(1e-6);
         let ready = opts.enabled
+            && ran >= opts.judge_after
+            && alone < opts.fast_alone
             && opts.max_streams > 1
             && !active.segmented
             && !active.no_rest
@@ -657,6 +664,8 @@ impl Shared {
             pos: at,
             no_rest,
             segmented: false,
+            start: at,
+            opened: Instant::now(),
         };
         if let Some((w_off, witness)) = check
             && let Err(e) = self.check_splice(&mut active, agreed, w_off, witness)

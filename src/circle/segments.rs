@@ -68,6 +68,13 @@ pub const MIN_REST: u64 = 32 << 20;
 /// the kernel's readahead (random preads, a zip central directory, `tail -c` of less than
 /// MIN_REST, never start a segmented read). Low, because a slow first copy serves it alone.
 pub const SEQUENTIAL_TRIGGER: u64 = 1 << 20;
+/// A transfer is judged after running this long (a 25 MB/s stream has delivered 2.5 MB by
+/// then, a loopback one a hundred): long enough that its first round trips do not count much.
+pub const JUDGE_AFTER: Duration = Duration::from_millis(100);
+/// A transfer that delivers this much alone (1.6 Gbit/s) is held back by the link or the CPU,
+/// not by a per-connection cap: more streams would only add ABORs, copies and contention
+/// (measured on loopback: a cold cp fell from 0.5x to 0.17x curl when segmented).
+pub const FAST_ALONE: f64 = 200e6;
 /// A piece the reader waits for without a byte arriving for this long is fetched again
 /// elsewhere: long against a 1 ms round trip or a 160 ms piece, short against `--timeout`.
 pub const STALL_AFTER: Duration = Duration::from_secs(1);
@@ -95,6 +102,8 @@ pub struct SegmentOptions {
     pub window: usize,
     pub min_rest: u64,
     pub trigger: u64,
+    pub judge_after: Duration,
+    pub fast_alone: f64,
 }
 
 impl Default for SegmentOptions {
@@ -106,6 +115,8 @@ impl Default for SegmentOptions {
             window: WINDOW_PIECES,
             min_rest: MIN_REST,
             trigger: SEQUENTIAL_TRIGGER,
+            judge_after: JUDGE_AFTER,
+            fast_alone: FAST_ALONE,
         }
     }
 }
@@ -215,6 +226,8 @@ struct Slot {
     prio: Priority,
     /// Bytes per second of its last piece.
     rate: Option<f64>,
+    /// When it last received bytes (a stalled stream's rate says nothing any more).
+    alive: Instant,
 }
 
 struct St {
@@ -296,6 +309,7 @@ impl Segmented {
                     assigned: None,
                     prio: Priority::Foreground,
                     rate: None,
+                    alive: Instant::now(),
                 }],
                 next_id: 1,
                 failed: Vec::new(),
@@ -382,6 +396,15 @@ impl Seg {
         }
     }
 
+    /// The rate of the fastest stream that is not stalled (0 if none is known).
+    fn best_rate(st: &St) -> f64 {
+        st.slots
+            .iter()
+            .filter(|s| !s.running || s.alive.elapsed() < STALL_AFTER)
+            .filter_map(|s| s.rate)
+            .fold(0.0, f64::max)
+    }
+
     fn held_bytes(st: &St) -> u64 {
         st.pieces
             .iter()
@@ -454,6 +477,7 @@ impl Seg {
             assigned: None,
             prio,
             rate: None,
+            alive: Instant::now(),
         });
         id
     }
@@ -526,7 +550,7 @@ impl Seg {
         let Some(i) = st.slots.iter().position(|s| s.id == id) else {
             return;
         };
-        let best = st.slots.iter().filter_map(|s| s.rate).fold(0.0, f64::max);
+        let best = Self::best_rate(&st);
         let too_slow = st.slots[i]
             .rate
             .is_some_and(|r| r * SLOW_FACTOR < best && st.slots.len() > 1);
@@ -599,6 +623,9 @@ impl Seg {
             }
             got += n;
             let mut st = self.lock();
+            if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
+                s.alive = Instant::now();
+            }
             let wanted = !st.closed
                 && st.error.is_none()
                 && st.pieces.iter_mut().any(|p| {
@@ -623,8 +650,10 @@ impl Seg {
                 });
             if !wanted {
                 // Someone else delivered it (or the file closed): this transfer is elsewhere.
+                let rate = got as f64 / fetch_started.elapsed().as_secs_f64().max(1e-6);
                 if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
                     s.running = false;
+                    s.rate = Some(rate);
                 }
                 let more = self.wake_parked(&mut st);
                 drop(st);
@@ -775,7 +804,7 @@ impl Seg {
         let stalled = last_progress.elapsed() >= STALL_AFTER;
         // Slow: its stream would need longer for the rest than the fastest stream for all of
         // it, by SLOW_FACTOR (a 5 MB/s mirror holding a piece 100 MB/s streams wait for).
-        let best = st.slots.iter().filter_map(|s| s.rate).fold(0.0, f64::max);
+        let best = Self::best_rate(st);
         let elapsed = since.elapsed().as_secs_f64();
         let slow = best > 0.0
             && elapsed > 0.05
@@ -797,17 +826,38 @@ impl Seg {
                     .unwrap_or(std::cmp::Ordering::Equal)
             })
             .map(|s| s.id);
-        let id = match parked {
-            Some(id) => id,
-            None => {
-                let usable = self.usable(st);
-                let server = usable
-                    .iter()
-                    .copied()
-                    .filter(|&s| self.backend.spare_connections(s) > 0)
-                    .min_by_key(|&s| Some(s) == holder)?;
-                self.add_slot(st, server, Priority::Background)
-            }
+        // Another server first, even one dropped as slow (the fast one may be what stalls).
+        let spare = || {
+            choice::rank(self.backend.as_ref(), &self.sources, self.size)
+                .into_iter()
+                .filter(|&s| {
+                    !st.failed.contains(&s)
+                        && !self.backend.is_down(s)
+                        && (s == self.primary || !self.mirrors.differ(&self.path, self.primary, s))
+                        && self.backend.spare_connections(s) > 0
+                })
+                .min_by_key(|&s| (Some(s) == holder, st.slow.contains(&s)))
+        };
+        let (id, spawn) = match parked {
+            Some(id) => (id, true),
+            None => match spare() {
+                Some(server) => (self.add_slot(st, server, Priority::Background), true),
+                None => {
+                    // Nothing idle: the fastest running stream takes it as its next piece.
+                    let fastest = st
+                        .slots
+                        .iter()
+                        .filter(|s| s.running && s.id != by && s.assigned.is_none())
+                        .filter(|s| s.alive.elapsed() < STALL_AFTER)
+                        .filter(|s| s.rate.is_some_and(|r| r * SLOW_FACTOR >= best))
+                        .max_by(|a, b| {
+                            a.rate
+                                .partial_cmp(&b.rate)
+                                .unwrap_or(std::cmp::Ordering::Equal)
+                        })?;
+                    (fastest.id, false)
+                }
+            },
         };
         let slot = st.slots.iter_mut().find(|s| s.id == id)?;
         slot.assigned = Some(start);
@@ -819,7 +869,7 @@ impl Seg {
             self.backend.label(slot.server)
         );
         self.ctx.stat(|s| s.takeovers += 1);
-        Some(id)
+        spawn.then_some(id)
     }
 
     /// The reader's side: the next bytes in order, waiting (bounded) for their piece.

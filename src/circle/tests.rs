@@ -912,6 +912,9 @@ fn seg_opts(max_streams: usize) -> segments::SegmentOptions {
         window: 8,
         min_rest: 1 << 20,
         trigger: 256 << 10,
+        // The mock is as fast as memory: segment it anyway.
+        judge_after: Duration::ZERO,
+        fast_alone: f64::INFINITY,
     }
 }
 

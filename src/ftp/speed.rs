@@ -23,9 +23,9 @@ pub use crate::backend::Speed;
 /// Weight of a new sample: 0.3 means a sample's weight halves after two newer ones, so a
 /// server that slowed down shows it after two or three transfers.
 const ALPHA: f64 = 0.3;
-/// A long transfer reports every 4 MiB, so a 1 GiB copy updates the figure as it goes
-/// (about every 0.16 s at 25 MB/s).
-pub const THROUGHPUT_SAMPLE_BYTES: u64 = 4 << 20;
+/// A long transfer reports every 1 MiB, so the figure is there early in a big read (after
+/// 40 ms at 25 MB/s) and follows it as it goes; a sample costs one lock.
+pub const THROUGHPUT_SAMPLE_BYTES: u64 = 1 << 20;
 /// Samples smaller than 64 KiB or shorter than 2 ms mostly measure latency and buffers.
 pub const MIN_SAMPLE_BYTES: u64 = 64 << 10;
 pub const MIN_SAMPLE_TIME: Duration = Duration::from_millis(2);
