@@ -67,7 +67,7 @@ pub const MIN_REST: u64 = 32 << 20;
 /// Reads are sequential once this many bytes were requested back to back: a few requests of
 /// the kernel's readahead (random preads, a zip central directory, `tail -c` of less than
 /// MIN_REST, never start a segmented read). Low, because a slow first copy serves it alone.
-pub const SEQUENTIAL_TRIGGER: u64 = 1 << 20;
+pub const SEQUENTIAL_TRIGGER: u64 = 512 << 10;
 /// A transfer is judged after running this long (a 25 MB/s stream has delivered 2.5 MB by
 /// then, a loopback one a hundred): long enough that its first round trips do not count much.
 pub const JUDGE_AFTER: Duration = Duration::from_millis(100);
@@ -90,6 +90,9 @@ const PROGRESS_STEP: usize = 256 << 10;
 /// fastest stream could fetch all of it is fetched again by a faster one: a 5 MB/s mirror must
 /// not hold up 100 MB/s ones, while equal mirrors (rates within noise) are never dropped.
 const SLOW_FACTOR: f64 = 4.0;
+/// A piece is judged slow only after its stream had it this long: a stream on a fast copy
+/// fetches a whole piece in that time (4 MiB at 20 MB/s), connecting included.
+const SLOW_JUDGE: Duration = Duration::from_millis(200);
 /// How often a waiting reader looks for stalled pieces.
 const WAIT_TICK: Duration = Duration::from_millis(100);
 
@@ -807,7 +810,7 @@ impl Seg {
         let best = Self::best_rate(st);
         let elapsed = since.elapsed().as_secs_f64();
         let slow = best > 0.0
-            && elapsed > 0.05
+            && elapsed >= SLOW_JUDGE.as_secs_f64()
             && (front.len.saturating_sub(got) as f64) / (got as f64 / elapsed).max(1.0)
                 > SLOW_FACTOR * front.len as f64 / best;
         if !stalled && !slow {
@@ -815,11 +818,14 @@ impl Seg {
         }
         let start = front.start;
         let holder = st.slots.iter().find(|s| s.id == by).map(|s| s.server);
+        // For a slow piece only a fast stream helps; for a stalled one any other.
+        let fast_enough =
+            |rate: Option<f64>| stalled || rate.is_some_and(|r| r * SLOW_FACTOR >= best);
         // A parked stream, another server's first, the fastest first.
         let parked = st
             .slots
             .iter()
-            .filter(|s| !s.running)
+            .filter(|s| !s.running && fast_enough(s.rate))
             .max_by(|a, b| {
                 (Some(a.server) != holder, a.rate.unwrap_or(0.0))
                     .partial_cmp(&(Some(b.server) != holder, b.rate.unwrap_or(0.0)))
@@ -835,6 +841,7 @@ impl Seg {
                         && !self.backend.is_down(s)
                         && (s == self.primary || !self.mirrors.differ(&self.path, self.primary, s))
                         && self.backend.spare_connections(s) > 0
+                        && (stalled || (Some(s) != holder && !st.slow.contains(&s)))
                 })
                 .min_by_key(|&s| (Some(s) == holder, st.slow.contains(&s)))
         };
