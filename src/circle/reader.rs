@@ -53,6 +53,9 @@ const KEEP_BYTES: usize = READAHEAD as usize + 8 * 1024 * 1024;
 /// A request this far ahead of the stream is reached by reading forward: at any plausible
 /// link speed reading 4 MiB costs less than the 3+ round trips of ABOR, REST and RETR.
 const SKIP_FORWARD: u64 = 4 * 1024 * 1024;
+/// A request starting this far past the end of the last one still continues a sequential
+/// read: the kernel's readahead has a few 128 KiB requests in flight at once.
+const SEQ_GAP: u64 = 256 * 1024;
 /// Files larger than this get read-ahead; smaller ones arrive in a chunk or two and a job
 /// would cost more than it saves.
 const PUMP_MIN_SIZE: u64 = 2 * CHUNK as u64;
@@ -260,10 +263,11 @@ impl OpenFile {
         let mut st = sh.lock();
         st.want_end = st.want_end.max(end);
         st.last_read = Some(Instant::now());
-        // The kernel sends a sequential reader's requests a little out of order: within a
-        // chunk of the last end is still back to back.
-        if off <= st.seq_end + CHUNK as u64 && end + CHUNK as u64 >= st.seq_end {
-            st.seq_run += end.saturating_sub(st.seq_end);
+        // The kernel sends a sequential reader's requests a little out of order: starting
+        // up to a chunk behind the last end or SEQ_GAP ahead of it is still back to back. Only
+        // the new bytes a request asks for count (a jump does not).
+        if off <= st.seq_end + SEQ_GAP && end + CHUNK as u64 >= st.seq_end {
+            st.seq_run += end.saturating_sub(st.seq_end).min(end - off);
         } else {
             st.seq_run = 0;
         }

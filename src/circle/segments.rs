@@ -433,8 +433,8 @@ impl Seg {
             .collect()
     }
 
-    /// New streams to start: at most one more per server per call (round robin by rank), while
-    /// the server has a connection to spare and the file is under `max_streams`. With no
+    /// New streams to start: round robin over the copies by rank, while a server has a
+    /// connection to spare and the file is under `max_streams`. With no
     /// stream left at all, one foreground stream on the best copy (the read must go on).
     fn more_streams(&self, st: &mut St) -> Vec<u64> {
         if st.closed || st.error.is_some() {
@@ -450,20 +450,28 @@ impl Seg {
             return new;
         }
         let count = |st: &St, s: usize| st.slots.iter().filter(|x| x.server == s).count();
-        let fewest = usable.iter().map(|&s| count(st, s)).min().unwrap_or(0);
-        for round in fewest..max {
-            for &s in &usable {
-                if st.slots.len() >= max {
-                    return new;
-                }
-                let connecting = st.slots.iter().any(|x| x.server == s && !x.opened);
-                if count(st, s) == round && !connecting && self.backend.spare_connections(s) > 0 {
-                    new.push(self.add_slot(st, s, Priority::Background));
-                }
-            }
-            if !new.is_empty() {
-                break;
-            }
+        // What each server can take now: its spare connections less the streams of this file
+        // still connecting there (they are not counted by the server yet).
+        let mut room: Vec<usize> = usable
+            .iter()
+            .map(|&s| {
+                let connecting = st
+                    .slots
+                    .iter()
+                    .filter(|x| x.server == s && !x.opened)
+                    .count();
+                self.backend.spare_connections(s).saturating_sub(connecting)
+            })
+            .collect();
+        // Round robin: the servers with the fewest streams first, best first among equals.
+        // Bounded: each turn adds a stream or ends.
+        while st.slots.len() < max {
+            let pick = (0..usable.len())
+                .filter(|&i| room[i] > 0)
+                .min_by_key(|&i| (count(st, usable[i]), i));
+            let Some(i) = pick else { break };
+            room[i] -= 1;
+            new.push(self.add_slot(st, usable[i], Priority::Background));
         }
         new
     }
