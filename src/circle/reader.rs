@@ -498,7 +498,11 @@ impl Shared {
                             .iter()
                             .any(|&a| a != s && self.mirrors.differ(&self.path, a, s)))
             })
-            .collect();
+            .collect::<Vec<usize>>();
+        // One copy and no connection to spare: a segmented read would be one stream anyway.
+        if sources.len() < 2 && self.backend.spare_connections(active.server) == 0 {
+            return None;
+        }
         Some(sources)
     }
 
