@@ -254,7 +254,8 @@ impl Circle {
             return;
         }
         let mut data = None;
-        for s in sources {
+        // The measured choice: small files from the copy with the lowest round trip.
+        for s in super::choice::rank(self.backend.as_ref(), &sources, size) {
             match fetch_whole(self.backend.as_ref(), s, &path, size) {
                 Ok(d) => {
                     data = Some(d);
