@@ -160,6 +160,11 @@ pub trait Backend: Send + Sync {
     fn spare_connections(&self, _server: usize) -> usize {
         usize::MAX
     }
+    /// A request the user waits for is waiting for one of the server's connections:
+    /// background streams (of segmented reads) give theirs back between pieces.
+    fn contended(&self, _server: usize) -> bool {
+        false
+    }
     /// Start streaming the file at `path` from byte `offset`.
     fn open(
         &self,

@@ -37,7 +37,8 @@
 //! - over all files, pieces beyond the one each reader waits for hold at most
 //!   [`GLOBAL_BYTES`]; so the total is at most `GLOBAL_BYTES + files * piece`;
 //! - streams beyond the first only use connections the server has to spare (background
-//!   priority: they also yield to any foreground request waiting);
+//!   priority), and give them back between pieces when a request the user waits for needs one
+//!   ([`Backend::contended`]);
 //! - every wait of the reader is bounded by `max_wait`; every network call by `--timeout`.
 
 use std::collections::VecDeque;
@@ -455,6 +456,9 @@ impl Seg {
         let mut room: Vec<usize> = usable
             .iter()
             .map(|&s| {
+                if self.backend.contended(s) {
+                    return 0;
+                }
                 let connecting = st
                     .slots
                     .iter()
@@ -491,6 +495,29 @@ impl Seg {
             alive: Instant::now(),
         });
         id
+    }
+
+    /// Parked background streams of servers where a foreground request waits for a
+    /// connection give it back (the transfers are aborted by the caller, without the lock).
+    fn yield_parked(&self, st: &mut St) -> Vec<Box<dyn ByteStream>> {
+        let mut freed = Vec::new();
+        let mut i = 0;
+        // Bounded: each turn removes a slot or moves on.
+        while i < st.slots.len() {
+            let s = &st.slots[i];
+            if !s.running
+                && s.prio == Priority::Background
+                && st.slots.len() > 1
+                && self.backend.contended(s.server)
+            {
+                if let Some((c, _)) = st.slots.remove(i).conn {
+                    freed.push(c);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        freed
     }
 
     /// Jobs for parked streams: there may be a free piece now.
@@ -565,7 +592,11 @@ impl Seg {
         let too_slow = st.slots[i]
             .rate
             .is_some_and(|r| r * SLOW_FACTOR < best && st.slots.len() > 1);
-        if st.closed || st.error.is_some() || too_slow {
+        // A request the user waits for needs a connection of this server: give ours back.
+        let yield_it = st.slots[i].prio == Priority::Background
+            && st.slots.len() > 1
+            && self.backend.contended(st.slots[i].server);
+        if st.closed || st.error.is_some() || too_slow || yield_it {
             let slot = st.slots.remove(i);
             if too_slow {
                 log::info!(
@@ -849,6 +880,7 @@ impl Seg {
                         && !self.backend.is_down(s)
                         && (s == self.primary || !self.mirrors.differ(&self.path, self.primary, s))
                         && self.backend.spare_connections(s) > 0
+                        && !self.backend.contended(s)
                         && (stalled || (Some(s) != holder && !st.slow.contains(&s)))
                 })
                 .min_by_key(|&s| (Some(s) == holder, st.slow.contains(&s)))
@@ -891,6 +923,14 @@ impl Seg {
     fn read(self: &Arc<Self>, buf: &mut [u8]) -> Result<usize> {
         let deadline = Instant::now() + self.max_wait;
         let mut st = self.lock();
+        let freed = self.yield_parked(&mut st);
+        if !freed.is_empty() {
+            drop(st);
+            for c in freed {
+                c.abort();
+            }
+            st = self.lock();
+        }
         // Bounded: every turn returns, or waits with the deadline.
         loop {
             if let Some(e) = &st.error {
@@ -982,6 +1022,15 @@ impl Seg {
                 drop(st);
                 for id in spawn {
                     self.spawn(id);
+                }
+                st = self.lock();
+                continue;
+            }
+            let freed = self.yield_parked(&mut st);
+            if !freed.is_empty() {
+                drop(st);
+                for c in freed {
+                    c.abort();
                 }
                 st = self.lock();
                 continue;

@@ -28,6 +28,8 @@ struct MockServer {
     stall: Option<(u64, Duration)>,
     /// Connections to spare for background streams (`None`: plenty).
     spare: Option<usize>,
+    /// A foreground request waits for a connection of this server.
+    contended: bool,
 }
 
 type Listings = HashMap<(usize, Vec<u8>), Vec<RawEntry>>;
@@ -112,6 +114,9 @@ impl Backend for Mock {
     }
     fn spare_connections(&self, s: usize) -> usize {
         self.servers[s].spare.unwrap_or(usize::MAX)
+    }
+    fn contended(&self, s: usize) -> bool {
+        self.servers[s].contended
     }
     fn list(&self, s: usize, path: &[u8], _prio: Priority) -> Result<Vec<RawEntry>> {
         *self
@@ -1050,6 +1055,21 @@ fn no_stream_takes_a_servers_last_connection() {
     assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
     assert_eq!(opens_per_server(&mock, 2)[1], 0, "s1 had nothing to spare");
     assert!(opens_per_server(&mock, 2)[0] > 1, "more streams on s0");
+}
+
+#[test]
+fn a_server_where_users_wait_gets_no_background_stream() {
+    let data = bytes(SEG_FILE, 11);
+    let mut m = mirrors_of(2, &data);
+    m.servers[1].contended = true;
+    let (mock, c, ino) = seg_circle(m, 6);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    assert_eq!(
+        opens_per_server(&mock, 2)[1],
+        0,
+        "s1's connections are wanted"
+    );
+    assert!(c.segment_stats().pieces[0] > 0);
 }
 
 #[test]

@@ -581,6 +581,12 @@ impl Backend for FtpBackend {
         self.servers.get(s).map_or(0, |srv| srv.spare())
     }
 
+    fn contended(&self, s: usize) -> bool {
+        self.servers
+            .get(s)
+            .is_some_and(|srv| srv.lock().fg_waiting > 0)
+    }
+
     fn speed(&self, s: usize) -> Speed {
         self.servers
             .get(s)
