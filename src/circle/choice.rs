@@ -11,6 +11,8 @@
 //! - a figure near the best one is as good as the best: the first such server in serverlist
 //!   order goes first (throughput at least half the best; a round trip at most twice the
 //!   best or within [`RTT_SLACK`] of it), so noise between equal mirrors never reorders them;
+//! - among those, a server with a connection to spare goes before a busy one (its requests
+//!   would wait for a connection while an equal mirror has one free): this spreads the load;
 //! - a server not measured yet counts as good as the best measured one, so it is tried in its
 //!   serverlist place and gets measured, instead of never being tried.
 //!
@@ -66,12 +68,16 @@ pub fn rank(backend: &dyn Backend, sources: &[usize], size: u64) -> Vec<usize> {
                 Some(m) if !better(v, m) => Some(m),
                 _ => Some(v),
             });
+        let good = |f: Option<f64>| match (f, best) {
+            (Some(f), Some(best)) => near(f, best),
+            _ => true,
+        };
+        // Among the good ones, one with a connection to spare first: a busy server's requests
+        // would wait for a connection while an equal mirror has one free (spreads the load).
         let pick = up
             .iter()
-            .position(|&(_, f)| match (f, best) {
-                (Some(f), Some(best)) => near(f, best),
-                _ => true,
-            })
+            .position(|&(s, f)| good(f) && backend.spare_connections(s) > 0)
+            .or_else(|| up.iter().position(|&(_, f)| good(f)))
             .unwrap_or(0);
         order.push(up.remove(pick).0);
     }
@@ -86,6 +92,44 @@ mod tests {
     use crate::error::Result;
 
     struct Figures(Vec<Speed>, Vec<bool>);
+
+    /// Figures, and servers with no connection to spare.
+    struct Busy(Figures, Vec<usize>);
+
+    impl Backend for Busy {
+        fn servers(&self) -> usize {
+            self.0.servers()
+        }
+        fn label(&self, s: usize) -> &str {
+            self.0.label(s)
+        }
+        fn base(&self, s: usize) -> &[u8] {
+            self.0.base(s)
+        }
+        fn list(&self, s: usize, p: &[u8], prio: Priority) -> Result<Vec<RawEntry>> {
+            self.0.list(s, p, prio)
+        }
+        fn speed(&self, s: usize) -> Speed {
+            self.0.speed(s)
+        }
+        fn spare_connections(&self, s: usize) -> usize {
+            if self.1.contains(&s) { 0 } else { 4 }
+        }
+        fn open(&self, s: usize, p: &[u8], o: u64, q: Priority) -> Result<Box<dyn ByteStream>> {
+            self.0.open(s, p, o, q)
+        }
+    }
+
+    #[test]
+    fn a_busy_server_goes_after_an_equal_one_with_room() {
+        let figures = || Figures(vec![sp(Some(1), Some(50.0)); 3], vec![false; 3]);
+        let b = Busy(figures(), vec![0]);
+        assert_eq!(rank(&b, &[0, 1, 2], BIG), vec![1, 2, 0]);
+        assert_eq!(rank(&b, &[0, 1, 2], 10), vec![1, 2, 0]);
+        // All busy: serverlist order again.
+        let all = Busy(figures(), vec![0, 1, 2]);
+        assert_eq!(rank(&all, &[0, 1, 2], BIG), vec![0, 1, 2]);
+    }
 
     impl Backend for Figures {
         fn servers(&self) -> usize {

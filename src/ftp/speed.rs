@@ -13,7 +13,7 @@
 //!   make the server look slow; a sample that is too small to say anything (under
 //!   [`MIN_SAMPLE_BYTES`] or [`MIN_SAMPLE_TIME`]) is dropped;
 //! - a figure is logged at info level when it moved by a factor of [`LOG_FACTOR`] or more since
-//!   it was last logged (and the first time), never per sample.
+//!   it was last logged (and the first time), at most once per [`LOG_EVERY`], never per sample.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,8 +29,10 @@ pub const THROUGHPUT_SAMPLE_BYTES: u64 = 1 << 20;
 /// Samples smaller than 64 KiB or shorter than 2 ms mostly measure latency and buffers.
 pub const MIN_SAMPLE_BYTES: u64 = 64 << 10;
 pub const MIN_SAMPLE_TIME: Duration = Duration::from_millis(2);
-/// "Changed by a lot": by half or double.
+/// "Changed by a lot": by half or double, said at most every 10 s per figure (a busy link
+/// makes 1 MiB samples swing that much all the time).
 const LOG_FACTOR: f64 = 2.0;
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
 struct State {
@@ -38,6 +40,13 @@ struct State {
     rate: Option<f64>,
     logged_rtt: Option<f64>,
     logged_rate: Option<f64>,
+    logged_rtt_at: Option<std::time::Instant>,
+    logged_rate_at: Option<std::time::Instant>,
+}
+
+/// Time to say it: never said, or not within LOG_EVERY.
+fn due(at: Option<std::time::Instant>) -> bool {
+    at.is_none_or(|t| t.elapsed() >= LOG_EVERY)
 }
 
 /// The measured speed of one server.
@@ -77,8 +86,9 @@ impl Meter {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let v = ewma(st.rtt, d.as_secs_f64());
         st.rtt = Some(v);
-        if moved(st.logged_rtt, v) {
+        if moved(st.logged_rtt, v) && due(st.logged_rtt_at) {
             st.logged_rtt = Some(v);
+            st.logged_rtt_at = Some(std::time::Instant::now());
             log::info!("{label}: round trip now {:.1} ms", v * 1000.0);
         }
     }
@@ -92,8 +102,9 @@ impl Meter {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let v = ewma(st.rate, bytes as f64 / waited.as_secs_f64());
         st.rate = Some(v);
-        if moved(st.logged_rate, v) {
+        if moved(st.logged_rate, v) && due(st.logged_rate_at) {
             st.logged_rate = Some(v);
+            st.logged_rate_at = Some(std::time::Instant::now());
             log::info!(
                 "{label}: throughput per connection now {:.2} MB/s",
                 v / 1_000_000.0
