@@ -455,6 +455,14 @@ impl Filesystem for CircleFs {
     }
 }
 
+/// `-o nonempty`: mount over a directory that has entries (they stay hidden while mounted).
+pub fn nonempty_allowed(user_opts: &[String]) -> bool {
+    user_opts
+        .iter()
+        .flat_map(|o| o.split(','))
+        .any(|o| o.trim() == "nonempty")
+}
+
 /// Mount options: read-only always, our name, the user's `-o` options on top.
 pub fn config(user_opts: &[String]) -> Result<Config, String> {
     let mut cfg = Config::default();
@@ -468,7 +476,8 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
     for opt in user_opts.iter().flat_map(|o| o.split(',')) {
         let opt = opt.trim();
         match opt {
-            "" | "ro" => {}
+            // nonempty: ours (see `nonempty_allowed`), not the kernel's.
+            "" | "ro" | "nonempty" => {}
             "rw" => return Err("-o rw: the mount is read-only".into()),
             "allow_other" => cfg.acl = SessionACL::All,
             "allow_root" => cfg.acl = SessionACL::RootAndOwner,
@@ -492,4 +501,69 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
     cfg.n_threads = Some(FUSE_THREADS);
     cfg.clone_fd = true;
     Ok(cfg)
+}
+
+/// A mounted filesystem whose session is not serving yet.
+pub struct Mounted {
+    session: fuser::Session<CircleFs>,
+}
+
+/// Mount `fs` on `mountpoint` and do the FUSE handshake.
+pub fn mount(fs: CircleFs, mountpoint: &Path, cfg: &Config) -> std::io::Result<Mounted> {
+    Ok(Mounted {
+        session: fuser::Session::new(fs, mountpoint, cfg)?,
+    })
+}
+
+/// The kernel side of a serving session, as seen from outside the FUSE threads.
+pub struct Connection {
+    /// A duplicate of the session's /dev/fuse descriptor, only ever polled.
+    device: std::os::fd::OwnedFd,
+}
+
+impl Mounted {
+    /// Serve requests on [`FUSE_THREADS`] threads in the background; `ended` gets the
+    /// session's result once the kernel ends the connection (after an unmount that leaves no
+    /// copy of the mount anywhere). Until then the threads block on /dev/fuse; ending the
+    /// process is the other way out (closing /dev/fuse aborts the connection).
+    pub fn serve(
+        self,
+        ended: impl FnOnce(std::io::Result<()>) + Send + 'static,
+    ) -> std::io::Result<(Connection, Unmounter)> {
+        use std::os::fd::AsFd;
+        let device = self.session.as_fd().try_clone_to_owned()?;
+        let mut session = self.session;
+        let unmounter = Unmounter(session.unmount_callable());
+        std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || ended(session.run()))?;
+        Ok((Connection { device }, unmounter))
+    }
+}
+
+/// Unmounts through fuser, which then no longer tries to unmount when the session ends.
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    /// A plain unmount (EBUSY while files are open; EINVAL if the mount is gone from here);
+    /// a no-op once the kernel has ended the connection.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+impl Connection {
+    /// True once the kernel has aborted the connection (unmounted with no copy left, or
+    /// aborted through fusectl): /dev/fuse then polls as POLLERR.
+    pub fn aborted(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.device.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd for an fd we own; timeout 0 never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLERR != 0
+    }
 }

@@ -196,13 +196,13 @@ pub fn load(file: &Path) -> Result<Vec<ServerSpec>, ServerListError> {
     let entries = parse_entries(file, &content, &Sources::REAL)?;
     if passwords_exposed(mode, &entries) {
         // Printed on the terminal even when the log goes to a file: the user must see it.
-        eprintln!(
-            "ftpcircle-fs: warning: {}: readable by group/others (mode {:03o}) but contains \
-             passwords; run `chmod 600 {}` or use env:/file: password references",
+        crate::logging::warn_user(format_args!(
+            "{}: readable by group/others (mode {:03o}) but contains passwords; run \
+             `chmod 600 {}` or use env:/file: password references",
             file.display(),
             mode & 0o777,
             file.display()
-        );
+        ));
     }
     Ok(entries.into_iter().map(|e| e.spec).collect())
 }

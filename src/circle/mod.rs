@@ -659,6 +659,11 @@ impl Circle {
         if ok.is_empty()
             && let Some(e) = first_err.clone()
         {
+            // No server answered for the root before any ever did: the mount is simply empty
+            // until one does (`ls` shows nothing rather than EIO); retried on the next access.
+            if ino == ROOT && self.dir_is_empty(ROOT) {
+                return Ok(());
+            }
             return Err(e);
         }
         let (merged, conflicts) = merge::merge(&ok);
@@ -670,6 +675,12 @@ impl Circle {
                 self.opts.ttl
             };
         self.apply(ino, &path, merged, failed, expires)
+    }
+
+    fn dir_is_empty(&self, ino: u64) -> bool {
+        self.nodes.read().is_ok_and(|nodes| {
+            matches!(nodes.get(ino).map(|n| &n.kind), Some(NodeKind::Dir(d)) if d.order.is_empty())
+        })
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to
