@@ -27,7 +27,8 @@
 #
 # Reports bytes read and verified, wrong bytes (must be 0), errors by kind,
 # and the daemon's open fds and RSS at mount time, after warm-up and at the
-# end.  Exits 1 if any byte or hit count was wrong, or if fds or RSS grew
+# end; then stops the daemon with SIGTERM and checks that it exits 0 within
+# 10 s and the mount is gone.  Exits 1 if any byte or hit count was wrong, or if fds or RSS grew
 # more than --max-fd-growth (default 32) / --max-rss-growth-mib (default 64)
 # between warm-up and the end; 2 on bad arguments or setup failure.
 #
@@ -530,6 +531,25 @@ printf 'daemon : fds %s (mount) %s (warm) %s (end), growth %s (limit %s)\n' \
     "$FD0" "$FD1" "$FD2" "$FD_GROWTH" "$MAX_FD_GROWTH"
 printf 'daemon : RSS %s kB (mount) %s kB (warm) %s kB (end), growth %s kB (limit %s MiB)\n' \
     "$RSS0" "$RSS1" "$RSS2" "$RSS_GROWTH_KB" "$MAX_RSS_GROWTH_MIB"
+# Stopping: SIGTERM must unmount and end the daemon with status 0 within seconds.
+STOP_T0=$(date +%s%N)
+kill -TERM "$DPID" 2>/dev/null || true
+for ((i = 0; i < 100; i++)); do
+    kill -0 "$DPID" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$DPID" 2>/dev/null; then
+    STOP_RC="still running after 10 s"
+else
+    STOP_RC=0
+    wait "$DPID" || STOP_RC=$?
+    DPID=
+fi
+STOP_MS=$((($(date +%s%N) - STOP_T0) / 1000000))
+STILL_MOUNTED=no
+if ftpc_is_mounted "$MNT"; then STILL_MOUNTED=yes; fi
+printf 'stop   : SIGTERM -> exit status %s after %s ms; still mounted: %s\n' \
+    "$STOP_RC" "$STOP_MS" "$STILL_MOUNTED"
 if [ -s "$STATS/problems" ]; then
     echo "first problems seen:"
     head -n 10 "$STATS/problems" | sed 's/^/    /'
@@ -541,6 +561,8 @@ FAIL=()
 [ "$((CP_BYTES + PR_BYTES))" -gt 0 ] || FAIL+=("nothing was read")
 [ "$FD_GROWTH" -le "$MAX_FD_GROWTH" ] || FAIL+=("fd growth $FD_GROWTH > $MAX_FD_GROWTH")
 [ "$RSS_GROWTH_KB" -le $((MAX_RSS_GROWTH_MIB * 1024)) ] || FAIL+=("RSS growth ${RSS_GROWTH_KB} kB > ${MAX_RSS_GROWTH_MIB} MiB")
+[ "$STOP_RC" = 0 ] || FAIL+=("SIGTERM: daemon exit status $STOP_RC")
+[ "$STILL_MOUNTED" = no ] || FAIL+=("still mounted after SIGTERM")
 if [ "${#FAIL[@]}" -eq 0 ]; then
     echo "result : PASS"
 else

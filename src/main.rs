@@ -9,9 +9,9 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -176,9 +176,7 @@ fn check_args(args: &Args) -> Result<(), Failure> {
         return Err(Failure::input("--cache-ttl must be between 0 and one year"));
     }
     if args.max_connections == 0 || args.max_connections > 64 {
-        return Err(Failure::input(
-            "--max-connections must be between 1 and 64",
-        ));
+        return Err(Failure::input("--max-connections must be between 1 and 64"));
     }
     fuse::config(&args.options).map_err(Failure::input)?;
     preflight::mount_point(&args.mountpoint, fuse::nonempty_allowed(&args.options))
@@ -389,9 +387,8 @@ fn run(
     }
     let cfg = fuse::config(&args.options).map_err(Failure::input)?;
     let fs = fuse::CircleFs::new(Arc::clone(&circle));
-    let mounted = fuse::mount(fs, &args.mountpoint, &cfg).map_err(|e| {
-        Failure::mount(preflight::explain_mount_error(&args.mountpoint, &e))
-    })?;
+    let mounted = fuse::mount(fs, &args.mountpoint, &cfg)
+        .map_err(|e| Failure::mount(preflight::explain_mount_error(&args.mountpoint, &e)))?;
     let mnt = mounts::absolute(&args.mountpoint);
     // Our mount as this namespace's table shows it: how we tell later whether it is still here.
     let ours = mounts::read()
@@ -418,7 +415,9 @@ fn run(
                 }
             });
         }
-        Err(e) => log::warn!("cannot watch /proc/self/mountinfo ({e}); an unmount seen only here may leave the daemon running"),
+        Err(e) => log::warn!(
+            "cannot watch /proc/self/mountinfo ({e}); an unmount seen only here may leave the daemon running"
+        ),
     }
     log::info!(
         "mounted {} server(s) on {}",
@@ -428,7 +427,15 @@ fn run(
     // A signal that came while mounting: stop before telling anyone the mount is ready.
     while let Ok(ev) = rx.try_recv() {
         if let Event::Signal(sig) = ev {
-            stop(&rx, &tx, &conn, unmounter.take(), &mnt, ours.as_ref(), Some(sig));
+            stop(
+                &rx,
+                &tx,
+                &conn,
+                unmounter.take(),
+                &mnt,
+                ours.as_ref(),
+                Some(sig),
+            );
             return Err(Failure::interrupted(sig, "while mounting"));
         }
     }
@@ -446,7 +453,15 @@ fn run(
             }
             Ok(Event::Signal(sig)) => {
                 log::info!("signal {sig}: unmounting {}", mnt.display());
-                stop(&rx, &tx, &conn, unmounter.take(), &mnt, ours.as_ref(), Some(sig));
+                stop(
+                    &rx,
+                    &tx,
+                    &conn,
+                    unmounter.take(),
+                    &mnt,
+                    ours.as_ref(),
+                    Some(sig),
+                );
                 return Ok(());
             }
             Ok(Event::MountTable) => {
@@ -569,9 +584,7 @@ fn stop(
             return;
         }
     }
-    log::warn!(
-        "the FUSE session did not end within {STOP_LIMIT:?} of stopping; exiting anyway"
-    );
+    log::warn!("the FUSE session did not end within {STOP_LIMIT:?} of stopping; exiting anyway");
 }
 
 /// Block SIGINT/SIGTERM/SIGHUP in this thread (and so in every thread started after it), so

@@ -92,7 +92,9 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
                 dev: (*fields.get(2)?).to_string(),
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fs_type: (*fields.get(sep + 1)?).to_string(),
-                source: unescape(fields.get(sep + 2)?).to_string_lossy().into_owned(),
+                source: unescape(fields.get(sep + 2)?)
+                    .to_string_lossy()
+                    .into_owned(),
             })
         })
         .collect()
@@ -244,7 +246,14 @@ garbage line
 
     #[test]
     fn odd_lines_never_panic() {
-        for t in ["", "-", "1 2 3 4 5 6 -", "x 1 0:1 / / rw - t s o", "1 2 3 \\0 \\", "\\777 - -"] {
+        for t in [
+            "",
+            "-",
+            "1 2 3 4 5 6 -",
+            "x 1 0:1 / / rw - t s o",
+            "1 2 3 \\0 \\",
+            "\\777 - -",
+        ] {
             let _ = parse(t);
         }
         assert_eq!(unescape("a\\777b"), OsString::from("a\\777b"));

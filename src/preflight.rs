@@ -128,10 +128,8 @@ mod tests {
     use super::*;
 
     fn scratch(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "ftpcircle-preflight-{tag}-{}",
-            std::process::id()
-        ));
+        let d =
+            std::env::temp_dir().join(format!("ftpcircle-preflight-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("scratch dir");
         d
@@ -141,7 +139,10 @@ mod tests {
     fn missing_mount_point_says_mkdir() {
         let d = scratch("missing");
         let e = mount_point(&d.join("nope"), false).unwrap_err();
-        assert!(e.contains("does not exist") && e.contains("mkdir -p"), "{e}");
+        assert!(
+            e.contains("does not exist") && e.contains("mkdir -p"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -162,7 +163,10 @@ mod tests {
         std::fs::write(d.join("a"), b"x").expect("write");
         std::fs::write(d.join("b"), b"x").expect("write");
         let e = mount_point(&d, false).unwrap_err();
-        assert!(e.contains("not empty (2 entries") && e.contains("-o nonempty"), "{e}");
+        assert!(
+            e.contains("not empty (2 entries") && e.contains("-o nonempty"),
+            "{e}"
+        );
         assert!(mount_point(&d, true).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -171,13 +175,19 @@ mod tests {
     fn missing_fuse_device_says_what_to_do() {
         let d = scratch("dev");
         let e = fuse_device_at(&d.join("fuse")).unwrap_err();
-        assert!(e.contains("modprobe fuse") && e.contains("--device /dev/fuse"), "{e}");
+        assert!(
+            e.contains("modprobe fuse") && e.contains("--device /dev/fuse"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn mount_errors_get_a_hint() {
         let e = explain_mount_error(Path::new("/m"), &io::Error::from_raw_os_error(libc::EPERM));
-        assert!(e.starts_with("mounting on /m: ") && e.contains("fusermount3"), "{e}");
+        assert!(
+            e.starts_with("mounting on /m: ") && e.contains("fusermount3"),
+            "{e}"
+        );
     }
 }

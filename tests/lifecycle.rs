@@ -107,7 +107,10 @@ fn daemon_ends_when_unmounted_while_another_namespace_holds_a_copy() {
     let dir = TempDir::new("ns-daemon");
     let server = one_server(&dir);
     let mut mount = Mount::start(&format!("{}\n", server.line()), &MountOptions::default());
-    assert_eq!(std::fs::read(mount.join("pub/hello.txt")).unwrap(), b"hello\n");
+    assert_eq!(
+        std::fs::read(mount.join("pub/hello.txt")).unwrap(),
+        b"hello\n"
+    );
     let pids = mount.pids();
     assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
     let other = OtherNamespace::start();
@@ -137,7 +140,10 @@ fn foreground_sigterm_after_the_unmount_exits_0() {
     let dir = TempDir::new("ns-sigterm");
     let server = one_server(&dir);
     let mut mount = Mount::foreground(&format!("{}\n", server.line()), &MountOptions::default());
-    assert_eq!(std::fs::read(mount.join("pub/hello.txt")).unwrap(), b"hello\n");
+    assert_eq!(
+        std::fs::read(mount.join("pub/hello.txt")).unwrap(),
+        b"hello\n"
+    );
     let other = OtherNamespace::start();
     let t0 = Instant::now();
     fusermount_u(mount.path());
@@ -157,7 +163,10 @@ fn foreground_sigterm_while_another_namespace_holds_a_copy_unmounts_and_exits_0(
     let dir = TempDir::new("ns-signal");
     let server = one_server(&dir);
     let mut mount = Mount::foreground(&format!("{}\n", server.line()), &MountOptions::default());
-    assert_eq!(std::fs::read(mount.join("pub/hello.txt")).unwrap(), b"hello\n");
+    assert_eq!(
+        std::fs::read(mount.join("pub/hello.txt")).unwrap(),
+        b"hello\n"
+    );
     let other = OtherNamespace::start();
     let t0 = Instant::now();
     let status = mount
