@@ -40,7 +40,9 @@ pub fn mount_point(path: &Path, nonempty_ok: bool) -> Result<(), String> {
         return Ok(());
     }
     if let Some(m) = mounted_at(path) {
-        let hint = if m.fs_type == "fuse.ftpcircle" {
+        // As root the kernel shows type "fuse" (fsname as the source); through fusermount3,
+        // "fuse.ftpcircle".
+        let hint = if m.fs_type == "fuse.ftpcircle" || (m.is_fuse() && m.source == "ftpcircle") {
             " (another ftpcircle-fs serves it)"
         } else {
             ""
