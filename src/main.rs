@@ -3,7 +3,14 @@
 //! Without `-f` the process forks before anything else starts threads; the parent waits until
 //! the child reports the mount ready (exit 0) or failed (its error printed, exit 1), so
 //! `ftpcircle-fs mnt` returns once the mount is usable. Exit status 2 means bad input
-//! (arguments or serverlist.txt) and nothing was mounted.
+//! (arguments, serverlist.txt, the mount point) and nothing was mounted; 128 + N that signal N
+//! (a Ctrl-C reaching the waiting parent is passed on to the child) stopped the start-up.
+//!
+//! After that, one main thread waits for events from small watcher threads: signals, the
+//! FUSE session's end, and changes of this namespace's mount table. It always ends the
+//! process within a bound (`STOP_LIMIT`), even when the kernel keeps the FUSE connection
+//! alive for a copy of the mount in another mount namespace: exiting closes /dev/fuse, which
+//! aborts the connection, so such copies answer ENOTCONN instead of hanging.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -394,6 +401,12 @@ fn run(
     let ours = mounts::read()
         .ok()
         .and_then(|t| mounts::top_at(&t, &mnt).cloned());
+    if ours.is_none() {
+        log::warn!(
+            "{} is not in /proc/self/mountinfo; an unmount seen only here will not be noticed",
+            mnt.display()
+        );
+    }
     let (conn, unmounter) = {
         let tx = tx.clone();
         mounted
@@ -425,19 +438,26 @@ fn run(
         args.mountpoint.display()
     );
     // A signal that came while mounting: stop before telling anyone the mount is ready.
+    // Other early events go back in the queue for the loop below.
+    let mut early = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        if let Event::Signal(sig) = ev {
-            stop(
-                &rx,
-                &tx,
-                &conn,
-                unmounter.take(),
-                &mnt,
-                ours.as_ref(),
-                Some(sig),
-            );
-            return Err(Failure::interrupted(sig, "while mounting"));
-        }
+        let Event::Signal(sig) = ev else {
+            early.push(ev);
+            continue;
+        };
+        stop(
+            &rx,
+            &tx,
+            &conn,
+            unmounter.take(),
+            &mnt,
+            ours.as_ref(),
+            Some(sig),
+        );
+        return Err(Failure::interrupted(sig, "while mounting"));
+    }
+    for ev in early {
+        let _ = tx.send(ev);
     }
     logging::startup_done();
     if let Some(mut pipe) = ready.take() {
