@@ -23,7 +23,7 @@ pub fn mount_point(path: &Path, nonempty_ok: bool) -> Result<(), String> {
             ));
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            let what = mounted_at(path).map_or(String::new(), |m| format!(" ({})", m.describe()));
+            let what = mounted_at(path).map_or(String::new(), |m| format!(" of {}", m.describe()));
             return Err(format!(
                 "mount point {shown} is a FUSE mount{what} whose process has ended \
                  (transport endpoint is not connected); unmount it first: fusermount3 -u {shown}"
@@ -60,7 +60,7 @@ pub fn mount_point(path: &Path, nonempty_ok: bool) -> Result<(), String> {
         let more = names.take(10_000).count();
         return Err(format!(
             "mount point {shown} is not empty ({} entr{}, e.g. {:?}); the mount would hide \
-             them; use an empty directory, or add -o nonempty to mount over them anyway",
+             what is there; use an empty directory, or add -o nonempty to mount over it anyway",
             more + 1,
             if more == 0 { "y" } else { "ies" },
             first
