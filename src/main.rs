@@ -511,7 +511,7 @@ fn report_unusable(failed: &[ftpcircle_fs::error::Error], servers: usize) {
             failed[0]
         ));
         for e in failed {
-            log::info!("cannot be used at start-up: {e}");
+            log::warn!("cannot be used at start-up: {e}");
         }
     }
     if !failed.is_empty() && failed.len() == servers {
