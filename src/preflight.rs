@@ -11,8 +11,8 @@ use crate::mounts;
 
 const FUSE_DEVICE: &str = "/dev/fuse";
 
-/// The mount point exists, is a directory, is not a mount point already, and is empty (unless
-/// `nonempty_ok`: `-o nonempty`).
+/// The mount point exists and is a directory; unless `nonempty_ok` (`-o nonempty`), it is
+/// also empty and not a mount point already (mounting there would hide what is there).
 pub fn mount_point(path: &Path, nonempty_ok: bool) -> Result<(), String> {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
