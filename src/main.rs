@@ -459,13 +459,14 @@ fn run(
     for ev in early {
         let _ = tx.send(ev);
     }
-    logging::startup_done();
     if let Some(mut pipe) = ready.take() {
         // Closing the pipe (drop) lets the parent's read end: it exits 0 on "R".
         let _ = pipe.write_all(b"R");
         drop(pipe);
         detach_stdio();
     }
+    // Only now: a daemon's stderr is /dev/null from here on.
+    logging::startup_done();
     loop {
         match rx.recv() {
             Ok(Event::Ended(r)) => {

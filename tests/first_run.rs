@@ -342,14 +342,18 @@ fn normal_user_without_fusermount3_is_told_to_install_fuse3() {
     let dir = TempDir::new("first-nohelper");
     let list = serverlist(&dir, &[dead_server()]);
     let mnt = dir.subdir("mnt");
-    // Hide the setuid helper (fusermount is a symlink to it) and become nobody.
+    // Hide the setuid helper (fusermount is a symlink to it) and become nobody. The binary
+    // is copied where nobody may run it (the build tree may be under a private home).
     let empty = dir.join("not-a-program");
     std::fs::write(&empty, b"").expect("write");
+    let bin = dir.join("ftpcircle-fs");
+    std::fs::copy(BIN, &bin).expect("copy the binary");
+    common::set_mode(&bin, 0o755);
     let out = in_private_namespace(
         r#"e=$1; shift; mount --bind "$e" /usr/bin/fusermount3 && exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@""#,
         &[
             empty.as_os_str(),
-            os(BIN),
+            bin.as_os_str(),
             os("-f"),
             os("--servers"),
             list.as_os_str(),
