@@ -91,7 +91,8 @@ make_data() {
     echo "meeting notes, nothing to see" >"$DEMO/srv1/docs/notes.txt"
     # the same 4 MiB file on srv1 and srv2: one file in the mount (a mirror)
     head -c 4194304 /dev/urandom >"$DEMO/srv1/pub/big-mirror.bin"
-    cp "$DEMO/srv1/pub/big-mirror.bin" "$DEMO/srv2/pub/big-mirror.bin"
+    # cp -p: same size and same time, so the two copies are mirrors
+    cp -p "$DEMO/srv1/pub/big-mirror.bin" "$DEMO/srv2/pub/big-mirror.bin"
     # srv2: FTPS
     echo "only on srv2, fetched over TLS" >"$DEMO/srv2/pub/tls-only.txt"
     printf 'How to feed a %s: fish.\n' "$WORD" >"$DEMO/srv2/docs/guides/feeding.txt"

@@ -188,8 +188,8 @@ for ((i = 1; i <= SERVERS; i++)); do
     root=$WORK/srv$i
     mkdir -p "$root/big" "$root/small"
     ln "$SRC"/big/*.bin "$root/big/"
-    cp -r "$SRC/small/common" "$root/small/"
-    [ "$i" -ge 2 ] && cp -r "$SRC/small/s$i" "$root/small/"
+    cp -rp "$SRC/small/common" "$root/small/"
+    [ "$i" -ge 2 ] && cp -rp "$SRC/small/s$i" "$root/small/"
     chmod -R a+rX,go-w "$root"
 done
 mkdir -p "$RUN/empty"

@@ -5,8 +5,86 @@
 //! Paths here are relative to a server's root (its base path), as bytes, `/`-separated,
 //! without leading slash; the root itself is the empty path.
 
+use std::time::SystemTime;
+
 use crate::error::Result;
-use crate::ftp::listing::RawEntry;
+
+/// What a directory entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link with its target bytes; an empty target means unknown.
+    Symlink(Vec<u8>),
+}
+
+/// One validated directory entry as reported by the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    /// The entry's name, byte-faithful; never empty, `.` or `..`, and without `/`, NUL, CR
+    /// or LF (the network side checks).
+    pub name: Vec<u8>,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Size in bytes as reported (0 when not reported).
+    pub size: u64,
+    /// Modification time, when the server sent a usable one.
+    pub mtime: Option<SystemTime>,
+    /// How precisely the listing gave `mtime` (meaningless when `mtime` is `None`).
+    pub mtime_precision: Precision,
+}
+
+/// How precisely a listing gives a modification time: two copies can only be compared at the
+/// coarser precision of their two listings. Ordered from finest to coarsest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Precision {
+    /// MLSD `modify` (fractions are ignored), long-ISO LIST with seconds.
+    #[default]
+    Second,
+    /// Unix LIST `Mon DD HH:MM` (recent files), DOS/IIS LIST, long-ISO LIST without seconds.
+    Minute,
+    /// Unix LIST `Mon DD  YYYY` (files older than about six months): the day only.
+    Day,
+}
+
+/// The symlinks of one directory as its `ls -l` listing gives them (each with its target).
+pub type LinkTargets = Vec<RawEntry>;
+
+/// A file hash a server can compute for us (FEAT `HASH`, draft-bryan-ftpext-hash, or proftpd
+/// mod_digest's `XSHA256`/`XSHA1`/`XMD5`/`XCRC`), strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HashAlgo {
+    Sha256,
+    Sha1,
+    Md5,
+    Crc32,
+}
+
+impl HashAlgo {
+    pub const ALL: [HashAlgo; 4] = [
+        HashAlgo::Sha256,
+        HashAlgo::Sha1,
+        HashAlgo::Md5,
+        HashAlgo::Crc32,
+    ];
+
+    /// One bit per algorithm, for sets of them.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// Length of the hash in hex digits.
+    pub fn hex_len(self) -> usize {
+        match self {
+            HashAlgo::Sha256 => 64,
+            HashAlgo::Sha1 => 40,
+            HashAlgo::Md5 => 32,
+            HashAlgo::Crc32 => 8,
+        }
+    }
+}
 
 /// Who is waiting for a network call. Background work (prefetch) only uses a connection the
 /// server has to spare and yields to any foreground request waiting for one.
@@ -27,6 +105,37 @@ pub trait Backend: Send + Sync {
     fn base(&self, server: usize) -> &[u8];
     /// The entries of one directory on one server (already validated: no `.`/`..`, no `/`).
     fn list(&self, server: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>>;
+    /// The symlinks of directory `path`, with their targets, for a listing that named symlinks
+    /// without their targets (proftpd's MLSD says `type=OS.unix=symlink`): the FTP backend
+    /// asks for the directory's `ls -l` listing (STAT or LIST), whose lines read
+    /// `name -> target`. Called at most once per listing fetched.
+    fn symlink_targets(
+        &self,
+        _server: usize,
+        _path: &[u8],
+        _prio: Priority,
+    ) -> Result<LinkTargets> {
+        Ok(Vec::new())
+    }
+    /// The hash algorithms the server offers, as [`HashAlgo::bit`]s (0: none, or not known
+    /// yet: learnt from FEAT at its first connection).
+    fn hash_algos(&self, _server: usize) -> u8 {
+        0
+    }
+    /// The hash of the whole file `path` with `algo`, as lowercase hex digits. Servers compute
+    /// it by reading the whole file: only worth asking when it settles something.
+    fn hash(
+        &self,
+        server: usize,
+        _path: &[u8],
+        algo: HashAlgo,
+        _prio: Priority,
+    ) -> Result<Vec<u8>> {
+        Err(crate::error::Error::new(
+            crate::error::Kind::Protocol,
+            format!("{}: no {algo:?} hash command", self.label(server)),
+        ))
+    }
     /// The server is known not to answer right now: don't wait for it.
     fn is_down(&self, _server: usize) -> bool {
         false

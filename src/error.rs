@@ -11,6 +11,17 @@ use std::fmt;
 pub enum Kind {
     /// The name does not exist (ENOENT). Logged at debug: `find` and shells probe names all day.
     NotFound,
+    /// A path goes through something that is not a directory (ENOTDIR).
+    NotDir,
+    /// A directory where a file was wanted (EISDIR).
+    IsDir,
+    /// A symlink where a file was wanted: what `open(O_NOFOLLOW)` of a symlink gives (ELOOP).
+    IsSymlink,
+    /// A file handle we never gave out or that was released (EBADF).
+    BadHandle,
+    /// Two copies served as mirrors turned out to differ (a splice check or their hashes): the
+    /// read fails rather than join bytes of two different files (EIO).
+    Mismatch,
     /// A write-side call on a read-only mount (EROFS).
     ReadOnly,
     /// Could not connect, TLS failed, connection dropped (EIO).
@@ -59,6 +70,10 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self.kind {
             Kind::NotFound => libc::ENOENT,
+            Kind::NotDir => libc::ENOTDIR,
+            Kind::IsDir => libc::EISDIR,
+            Kind::IsSymlink => libc::ELOOP,
+            Kind::BadHandle => libc::EBADF,
             Kind::ReadOnly => libc::EROFS,
             Kind::Network
             | Kind::Timeout
@@ -66,6 +81,7 @@ impl Error {
             | Kind::Unavailable
             | Kind::NoRest
             | Kind::Stale
+            | Kind::Mismatch
             | Kind::TooLarge => libc::EIO,
             Kind::Auth => libc::EACCES,
             Kind::Busy => libc::EAGAIN,
@@ -76,7 +92,14 @@ impl Error {
     /// The level this error deserves in the log when a request fails with it.
     pub fn log_level(&self) -> log::Level {
         match self.kind {
-            Kind::NotFound | Kind::ReadOnly | Kind::Invalid | Kind::NoRest => log::Level::Debug,
+            Kind::NotFound
+            | Kind::NotDir
+            | Kind::IsDir
+            | Kind::IsSymlink
+            | Kind::BadHandle
+            | Kind::ReadOnly
+            | Kind::Invalid
+            | Kind::NoRest => log::Level::Debug,
             Kind::Busy => log::Level::Info,
             _ => log::Level::Warn,
         }

@@ -19,7 +19,7 @@ use fuser::{
     WriteFlags,
 };
 
-use crate::circle::{Attr, Circle, DirEntry, FileKind};
+use crate::circle::{Attr, Circle, FileKind};
 use crate::error::Error;
 
 /// FUSE worker threads. A `cp` from a slow server can keep a few threads busy (the kernel sends
@@ -35,8 +35,6 @@ pub struct CircleFs {
     circle: Arc<Circle>,
     uid: u32,
     gid: u32,
-    dir_handles: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<DirEntry>>>>,
-    next_dh: std::sync::atomic::AtomicU64,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -48,13 +46,7 @@ impl CircleFs {
     pub fn new(circle: Arc<Circle>) -> Self {
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        CircleFs {
-            circle,
-            uid,
-            gid,
-            dir_handles: Default::default(),
-            next_dh: std::sync::atomic::AtomicU64::new(1),
-        }
+        CircleFs { circle, uid, gid }
     }
 
     fn fattr(&self, a: &Attr) -> FileAttr {
@@ -84,11 +76,6 @@ impl CircleFs {
 
     fn ttl(&self) -> Duration {
         self.circle.ttl()
-    }
-
-    /// The directory's entries as handed out by opendir, `.` and `..` first.
-    fn dir_entries(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
-        self.dir_handles.lock().ok()?.get(&fh.0).cloned()
     }
 }
 
@@ -132,12 +119,13 @@ impl Filesystem for CircleFs {
         }
     }
 
+    // BATCH_FORGET: fuser's default calls this for each inode (its batch type is private).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.circle.forget(ino.0, nlookup);
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            reply.error(Errno::EROFS);
-            return;
-        }
-        match self.circle.open(ino.0) {
+        match self.circle.open(ino.0, flags.0) {
             // Opened before with the same size and mtime: what the kernel cached from that open
             // is still right, so keep it (reading the same file again is free).
             Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -189,29 +177,9 @@ impl Filesystem for CircleFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let entries = match self.circle.readdir(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let mut all = Vec::with_capacity(entries.len() + 2);
-        for (name, id) in [(".", ino.0), ("..", self.circle.parent_of(ino.0))] {
-            if let Ok(attr) = self.circle.getattr(id) {
-                all.push(DirEntry {
-                    name: name.as_bytes().to_vec(),
-                    attr,
-                });
-            }
-        }
-        all.extend(entries);
-        let dh = self
-            .next_dh
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.dir_handles.lock() {
-            Ok(mut h) => {
-                h.insert(dh, Arc::new(all));
-                reply.opened(FileHandle(dh), FopenFlags::empty());
-            }
-            Err(_) => reply.error(Errno::EIO),
+        match self.circle.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -223,21 +191,18 @@ impl Filesystem for CircleFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dir_entries(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let full = reply.add(
+        let res = self.circle.readdir_at(fh.0, offset, false, |next, e| {
+            reply.add(
                 INodeNo(e.attr.ino),
-                i as u64 + 1,
+                next,
                 ftype(e.attr.kind),
                 OsStr::from_bytes(&e.name),
-            );
-            if full {
-                break;
-            }
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -248,24 +213,21 @@ impl Filesystem for CircleFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.dir_entries(fh) else {
-            return reply.error(Errno::EBADF);
-        };
         let ttl = self.ttl();
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let full = reply.add(
+        let res = self.circle.readdir_at(fh.0, offset, true, |next, e| {
+            reply.add(
                 INodeNo(e.attr.ino),
-                i as u64 + 1,
+                next,
                 OsStr::from_bytes(&e.name),
                 &ttl,
                 &self.fattr(&e.attr),
                 Generation(0),
-            );
-            if full {
-                break;
-            }
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -276,15 +238,16 @@ impl Filesystem for CircleFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        if let Ok(mut h) = self.dir_handles.lock() {
-            h.remove(&fh.0);
-        }
+        self.circle.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.circle.inode_count();
-        reply.statfs(0, 0, 0, files, 0, BLKSIZE, 255, BLKSIZE);
+        // What is known of the merged tree so far: `df -h` shows the size of the files listed
+        // (as used, none free: nothing can be written), `df -i` the number of entries.
+        let (entries, bytes) = self.circle.tree_totals();
+        let blocks = bytes.div_ceil(u64::from(BLKSIZE));
+        reply.statfs(blocks, 0, 0, entries, 0, BLKSIZE, 255, BLKSIZE);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -295,14 +258,20 @@ impl Filesystem for CircleFs {
         }
     }
 
-    // FTP has no extended attributes. ENOSYS (not ENODATA) makes the kernel remember that and
-    // stop asking: `ls -l` otherwise costs two getxattr round trips per file.
+    // FTP has no extended attributes: every file has none. listxattr answers an empty list and
+    // getxattr ENODATA ("no such attribute"), as on a local filesystem without xattrs, so tools
+    // (`cp -a`, `rsync -X`, `ls -l`) see "none" rather than "not supported". The cost: the kernel
+    // asks again for every file (ENOSYS would stop it), a local round trip of microseconds.
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+        reply.error(Errno::ENODATA);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
     }
 
     // ---- every write-side operation: read-only filesystem ----
@@ -463,13 +432,35 @@ pub fn nonempty_allowed(user_opts: &[String]) -> bool {
         .any(|o| o.trim() == "nonempty")
 }
 
+/// Start the thread that invalidates, in the kernel, names that left their directory on the
+/// servers while the kernel held them (see [`Circle::watch_gone`]), so the kernel forgets
+/// them and the inode table can drop them. A separate thread: the kernel takes the directory's
+/// lock for it, which a request handler of that directory may be holding. Ends when the
+/// merged view is dropped.
+pub fn start_invalidator(circle: &Circle, notifier: fuser::Notifier) {
+    let gone = circle.watch_gone();
+    let spawned = std::thread::Builder::new()
+        .name("ftpc-inval".into())
+        .spawn(move || {
+            for (dir, name) in gone {
+                // ENOENT: the kernel had already dropped it.
+                if let Err(e) = notifier.inval_entry(INodeNo(dir), OsStr::from_bytes(&name)) {
+                    log::debug!("invalidating a gone name: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the invalidation thread: {e}");
+    }
+}
+
 /// Mount options: read-only always, our name, the user's `-o` options on top.
 pub fn config(user_opts: &[String]) -> Result<Config, String> {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::RO,
         MountOption::FSName("ftpcircle".into()),
-        MountOption::Subtype("ftpcircle".into()),
+        MountOption::Subtype("ftpcircle-fs".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
@@ -478,7 +469,9 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
         match opt {
             // nonempty: ours (see `nonempty_allowed`), not the kernel's.
             "" | "ro" | "nonempty" => {}
-            "rw" => return Err("-o rw: the mount is read-only".into()),
+            // mount(8) and mount.fuse3 add `rw` (no `ro` in fstab), `dev` and `suid` on their
+            // own: the mount stays read-only, nodev and nosuid whatever they say.
+            "rw" | "dev" | "suid" => log::debug!("-o {opt}: ignored (always ro,nodev,nosuid)"),
             "allow_other" => cfg.acl = SessionACL::All,
             "allow_root" => cfg.acl = SessionACL::RootAndOwner,
             "auto_unmount" => cfg.mount_options.push(MountOption::AutoUnmount),
@@ -522,6 +515,11 @@ pub struct Connection {
 }
 
 impl Mounted {
+    /// Start the kernel invalidator (see [`start_invalidator`]) for this session.
+    pub fn start_invalidator(&self, circle: &Circle) {
+        start_invalidator(circle, self.session.notifier());
+    }
+
     /// Serve requests on [`FUSE_THREADS`] threads in the background; `ended` gets the
     /// session's result once the kernel ends the connection (after an unmount that leaves no
     /// copy of the mount anywhere). Until then the threads block on /dev/fuse; ending the

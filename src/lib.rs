@@ -8,10 +8,13 @@
 //! - [`fuse`]: the thin fuser adapter;
 //! - [`logging`]: the logger, which never lets a password through;
 //! - [`mounts`]: this namespace's mount table (what is mounted where; is our mount still here);
-//! - [`preflight`]: the checks before mounting, each failure saying what to do.
+//! - [`preflight`]: the checks before mounting, each failure saying what to do;
+//! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions;
+//! - [`workers`]: bounded thread pools for everything that runs in the background.
 
 pub mod backend;
 pub mod circle;
+pub mod cli;
 pub mod error;
 pub mod ftp;
 pub mod fuse;
@@ -19,3 +22,20 @@ pub mod logging;
 pub mod mounts;
 pub mod preflight;
 pub mod serverlist;
+pub mod workers;
+
+/// Threads the daemon runs at most, whatever the number of servers or open files: the main
+/// thread, the signal waiter, the FUSE workers, the prefetch workers, the pool listing one
+/// directory across servers, the read-ahead pool, the probe scheduler and its pool, the idle
+/// reaper and the kernel invalidator (every pool's threads end after a while without work).
+/// Each term is a constant with its reason at its definition.
+pub const MAX_THREADS: usize = 1
+    + 1
+    + 1
+    + fuse::FUSE_THREADS
+    + circle::prefetch::MAX_WORKERS
+    + circle::refresh::LIST_WORKERS
+    + circle::handles::READAHEAD_WORKERS
+    + 1
+    + ftp::pool::PROBE_WORKERS
+    + 1;

@@ -14,68 +14,20 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-
 use ftpcircle_fs::backend::Backend;
 use ftpcircle_fs::circle::{self, Circle};
+use ftpcircle_fs::cli::{self, Args, Parsed};
 use ftpcircle_fs::ftp::conn::Endpoint;
+use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
 use ftpcircle_fs::serverlist::{self, Tls};
 use ftpcircle_fs::{ftp, fuse, logging, mounts, preflight};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "ftpcircle-fs",
-    version,
-    about = "Mount every FTP/FTPS server in serverlist.txt as one merged, read-only tree"
-)]
-struct Args {
-    /// Where to mount (an existing directory)
-    mountpoint: PathBuf,
-    /// serverlist.txt to use [default: ./serverlist.txt, then $XDG_CONFIG_HOME (or ~/.config)/ftpcircle/serverlist.txt]
-    #[arg(long, value_name = "FILE")]
-    servers: Option<PathBuf>,
-    /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<PathBuf>,
-    /// Timeout in seconds for every connect, login, command and data read
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
-    /// Connections per server at most
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    max_connections: usize,
-    /// How long directory listings are cached, in seconds
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    cache_ttl: f64,
-    /// How many directory entries the listing cache holds at most, over all listings
-    #[arg(long, default_value_t = 200_000, value_name = "N")]
-    cache_entries: usize,
-    /// Don't fetch directory listings and small files ahead of the walker
-    #[arg(long)]
-    no_prefetch: bool,
-    /// Stay in the foreground (either way, SIGINT, SIGTERM and SIGHUP unmount cleanly)
-    #[arg(short, long)]
-    foreground: bool,
-    /// FUSE mount options, comma separated (allow_other, allow_root, auto_unmount, ...)
-    #[arg(short = 'o', value_name = "OPTS")]
-    options: Vec<String>,
-    /// Append the log to this file (otherwise stderr; a daemon without it logs nowhere)
-    #[arg(long, value_name = "FILE")]
-    log_file: Option<PathBuf>,
-    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only errors in the log
-    #[arg(short, long)]
-    quiet: bool,
-}
 
 /// glibc malloc settings, set before any thread starts.
 ///
@@ -133,11 +85,15 @@ impl Failure {
 
 fn main() -> ExitCode {
     tune_malloc();
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    let (args, fake) = match cli::parse_env() {
+        Ok(Parsed::Mount { args, fake }) => (args, fake),
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(cli::Usage(msg)) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
         }
     };
     let verbosity = if args.quiet { -1 } else { args.verbose as i8 };
@@ -152,17 +108,12 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return Failure::input(e.to_string()).exit(),
     };
-    if specs.len() > circle::MAX_SERVERS {
-        return Failure::input(format!(
-            "{}: {} servers listed; at most {} are supported",
-            list_path.display(),
-            specs.len(),
-            circle::MAX_SERVERS
-        ))
-        .exit();
-    }
     if let Err(e) = check_args(&args) {
         return e.exit();
+    }
+    if fake {
+        // `mount -f`: everything checked, nothing mounted.
+        return ExitCode::SUCCESS;
     }
     if args.foreground {
         return match run(&args, specs, &mut None) {
@@ -185,8 +136,13 @@ fn check_args(args: &Args) -> Result<(), Failure> {
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err(Failure::input("--max-connections must be between 1 and 64"));
     }
+    if args.max_total_connections < 2 || args.max_total_connections > 100_000 {
+        return Err(Failure::input(
+            "--max-total-connections must be between 2 and 100000",
+        ));
+    }
     fuse::config(&args.options).map_err(Failure::input)?;
-    preflight::mount_point(&args.mountpoint, fuse::nonempty_allowed(&args.options))
+    preflight::mount_point(args.mountpoint(), fuse::nonempty_allowed(&args.options))
         .map_err(Failure::input)?;
     preflight::fuse_device().map_err(Failure::mount)?;
     preflight::mount_helper().map_err(Failure::mount)?;
@@ -340,6 +296,7 @@ fn run(
     } else {
         None
     };
+    let limit = ConnLimit::new(args.max_total_connections);
     let servers: Vec<Arc<Server>> = specs
         .into_iter()
         .map(|spec| {
@@ -348,7 +305,11 @@ fn run(
             } else {
                 tls.clone()
             };
-            Server::new(Endpoint::new(spec, tls, timeout), args.max_connections)
+            Server::new(
+                Endpoint::new(spec, tls, timeout),
+                args.max_connections,
+                &limit,
+            )
         })
         .collect();
     let backend: Arc<dyn Backend> = Arc::new(FtpBackend::new(servers));
@@ -394,9 +355,10 @@ fn run(
     }
     let cfg = fuse::config(&args.options).map_err(Failure::input)?;
     let fs = fuse::CircleFs::new(Arc::clone(&circle));
-    let mounted = fuse::mount(fs, &args.mountpoint, &cfg)
-        .map_err(|e| Failure::mount(preflight::explain_mount_error(&args.mountpoint, &e)))?;
-    let mnt = mounts::absolute(&args.mountpoint);
+    let mounted = fuse::mount(fs, args.mountpoint(), &cfg)
+        .map_err(|e| Failure::mount(preflight::explain_mount_error(args.mountpoint(), &e)))?;
+    mounted.start_invalidator(&circle);
+    let mnt = mounts::absolute(args.mountpoint());
     // Our mount as this namespace's table shows it: how we tell later whether it is still here.
     let ours = mounts::read()
         .ok()
@@ -435,7 +397,7 @@ fn run(
     log::info!(
         "mounted {} server(s) on {}",
         backend.servers(),
-        args.mountpoint.display()
+        args.mountpoint().display()
     );
     // A signal that came while mounting: stop before telling anyone the mount is ready.
     // Other early events go back in the queue for the loop below.
@@ -460,13 +422,23 @@ fn run(
         let _ = tx.send(ev);
     }
     if let Some(mut pipe) = ready.take() {
+        // A daemon's stderr goes away: without --log-file its log goes to syslog. Said on the
+        // terminal while there still is one when there is no syslog to send to.
+        if !logging::has_log_file()
+            && let Err(e) = logging::to_syslog()
+        {
+            logging::warn_user(format_args!(
+                "{e}; the daemon will log nowhere (use --log-file)"
+            ));
+        }
         // Closing the pipe (drop) lets the parent's read end: it exits 0 on "R".
         let _ = pipe.write_all(b"R");
         drop(pipe);
         detach_stdio();
     }
-    // Only now: a daemon's stderr is /dev/null from here on.
+    // Only now: a daemon's stderr is /dev/null (its log syslog) from here on.
     logging::startup_done();
+    notify_systemd(b"READY=1");
     loop {
         match rx.recv() {
             Ok(Event::Ended(r)) => {
@@ -606,6 +578,26 @@ fn stop(
         }
     }
     log::warn!("the FUSE session did not end within {STOP_LIMIT:?} of stopping; exiting anyway");
+}
+
+/// Tell systemd (a `Type=notify` service) how the mount is doing: `READY=1` once it is usable.
+/// Does nothing unless systemd set `NOTIFY_SOCKET` (a path, or `@name` in the abstract
+/// namespace).
+fn notify_systemd(state: &[u8]) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state, &addr));
+    if let Err(e) = sent {
+        log::warn!("telling systemd we are ready (NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// Block SIGINT/SIGTERM/SIGHUP in this thread (and so in every thread started after it), so

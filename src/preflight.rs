@@ -41,8 +41,10 @@ pub fn mount_point(path: &Path, nonempty_ok: bool) -> Result<(), String> {
     }
     if let Some(m) = mounted_at(path) {
         // As root the kernel shows type "fuse" (fsname as the source); through fusermount3,
-        // "fuse.ftpcircle".
-        let hint = if m.fs_type == "fuse.ftpcircle" || (m.is_fuse() && m.source == "ftpcircle") {
+        // "fuse.ftpcircle-fs".
+        let hint = if m.fs_type.starts_with("fuse.ftpcircle")
+            || (m.is_fuse() && m.source == "ftpcircle")
+        {
             " (another ftpcircle-fs serves it)"
         } else {
             ""

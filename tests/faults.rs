@@ -16,10 +16,10 @@
 
 mod common;
 
-use common::fake::{FakeConfig, FakeFtp, WRITE_VERBS, dir_line, file_line, link_line};
+use common::fake::{FakeConfig, FakeFtp, dir_line, file_line, link_line};
 use common::{
     FtpServer, Mount, MountOptions, TempDir, descendants, pseudo_random_bytes, run_timeout,
-    send_signal, write_file,
+    send_signal, set_mtime, utc_secs, write_file,
 };
 use std::collections::BTreeSet;
 use std::fs;
@@ -67,11 +67,14 @@ struct Vs {
     _dir: TempDir,
 }
 
+/// vsftpd serving `files`, each dated 2024-01-15 12:00 UTC: the fake lists every file as
+/// `Jan 15  2024`, and only copies of the same day are mirrors of the fake's.
 fn vsftpd(files: &[(&str, &[u8])]) -> Vs {
     let dir = TempDir::new("faults-vs");
     let root = dir.subdir("root");
     for (p, data) in files {
         write_file(&root.join(p), data);
+        set_mtime(&root.join(p), utc_secs(2024, 1, 15, 12, 0, 0));
     }
     let srv = FtpServer::vsftpd(&root);
     Vs {
@@ -193,20 +196,56 @@ impl Checks {
         }
     }
 
-    /// No write command reached the fake.
+    /// The fake saw a login and no write command.
     fn fake_read_only(&mut self, fake: &FakeFtp) {
-        let bad = fake_writes(fake);
-        self.check(bad.is_empty(), || {
-            format!("fake {} received write commands: {bad:?}", fake.addr())
+        let res = common::check_fake_no_write_commands(fake);
+        self.check(res.is_ok(), || {
+            format!("fake {}: {}", fake.addr(), res.clone().unwrap_err())
         });
     }
 
-    /// No write command reached the real server.
+    /// The real server saw a login and no write command.
     fn server_read_only(&mut self, srv: &FtpServer) {
-        let bad = server_writes(srv);
-        self.check(bad.is_empty(), || {
+        let res = srv.check_no_write_commands();
+        self.check(res.is_ok(), || {
             format!(
-                "{:?} {} received write commands: {bad:?}",
+                "{:?} {}: {}",
+                srv.kind,
+                srv.addr(),
+                res.clone().unwrap_err()
+            )
+        });
+    }
+
+    /// A fake that never got as far as a login (it hangs, or refuses it) was still contacted,
+    /// and received no write command.
+    fn fake_contacted_read_only(&mut self, fake: &FakeFtp) {
+        let bad: Vec<String> = fake
+            .verbs()
+            .into_iter()
+            .filter(|v| common::is_write_verb(v))
+            .collect();
+        let contacted = fake.connections() > 0;
+        self.check(contacted && bad.is_empty(), || {
+            format!(
+                "fake {}: contacted: {contacted}, write commands: {bad:?}",
+                fake.addr()
+            )
+        });
+    }
+
+    /// A real server whose login fails saw the attempt (USER) and no write command.
+    fn server_attempted_read_only(&mut self, srv: &FtpServer) {
+        let ex = srv.exchanges();
+        let tried = ex.iter().any(|e| e.verb() == "USER");
+        let bad: Vec<&String> = ex
+            .iter()
+            .filter(|e| common::is_write_verb(&e.verb()))
+            .map(|e| &e.command)
+            .collect();
+        self.check(tried && bad.is_empty(), || {
+            format!(
+                "{:?} {}: login tried: {tried}, write commands: {bad:?}",
                 srv.kind,
                 srv.addr()
             )
@@ -231,45 +270,14 @@ fn timed_ok(c: &mut Checks, what: &str, took: Duration, bound: Duration) {
     });
 }
 
-fn write_verb(v: &str) -> bool {
-    WRITE_VERBS.iter().any(|w| w.eq_ignore_ascii_case(v))
-}
-
-fn fake_writes(fake: &FakeFtp) -> Vec<String> {
-    fake.commands()
-        .into_iter()
-        .filter(|c| {
-            let verb = c.split(' ').next().unwrap_or("");
-            write_verb(verb.trim_start_matches(|ch: char| !ch.is_ascii_alphabetic()))
-        })
-        .collect()
-}
-
 fn assert_fake_read_only(fake: &FakeFtp) {
-    let bad = fake_writes(fake);
-    assert!(
-        bad.is_empty(),
-        "fake {} received write commands: {bad:?}",
-        fake.addr()
-    );
-}
-
-fn server_writes(srv: &FtpServer) -> Vec<String> {
-    srv.exchanges()
-        .into_iter()
-        .filter(|e| write_verb(&e.verb()))
-        .map(|e| e.command)
-        .collect()
+    if let Err(e) = common::check_fake_no_write_commands(fake) {
+        panic!("fake {}: {e}", fake.addr());
+    }
 }
 
 fn assert_server_read_only(srv: &FtpServer) {
-    let bad = server_writes(srv);
-    assert!(
-        bad.is_empty(),
-        "{:?} {} received write commands: {bad:?}",
-        srv.kind,
-        srv.addr()
-    );
+    srv.assert_no_write_commands(&format!("{:?} {}", srv.kind, srv.addr()));
 }
 
 /// Lines of the launch output (daemon stderr before it detached) naming `addr`.
@@ -405,7 +413,7 @@ fn server_hanging_after_greeting_at_mount_time() {
         format!("d2: {}", show(&d2))
     });
     timed_ok(&mut c, "ls /d2", took, KNOWN_DOWN_BOUND);
-    c.fake_read_only(&fake);
+    c.fake_contacted_read_only(&fake);
     c.server_read_only(&vs.srv);
     c.finish();
 }
@@ -575,7 +583,7 @@ fn wrong_password_is_reported_once_without_the_password() {
     c.check(!log.contains(WRONG), || {
         "the password appears in the log file".to_string()
     });
-    c.server_read_only(&py);
+    c.server_attempted_read_only(&py);
     c.server_read_only(&vs.srv);
     c.finish();
 }
@@ -614,6 +622,186 @@ fn server_dying_mid_read_falls_back_to_mirror() {
     );
     assert_fake_read_only(&fake);
     assert_server_read_only(&vs.srv);
+}
+
+/// Two copies of the same size and date but different contents (a rebuilt image on one
+/// mirror): the first dies mid-read. The read is either one copy whole or EIO with a prefix of
+/// one copy, never bytes of both; and so is every read after it.
+#[test]
+fn failover_between_different_copies_never_mixes_bytes() {
+    let first = pseudo_random_bytes(70, 3 * MIB);
+    let second = pseudo_random_bytes(71, 3 * MIB);
+    // A mirror of the same bytes as a control: the failover itself works.
+    for (what, mirror) in [("different copy", &second), ("same copy", &first)] {
+        let fake = FakeFtp::start(FakeConfig {
+            drop_retr_after: Some(MIB as u64),
+            die_after_drop: true,
+            ..FakeConfig::new().file("x.bin", first.clone())
+        });
+        let vs = vsftpd(&[("x.bin", mirror)]);
+        let list = format!("{}\n{}\n", fake.line(), vs.srv.line());
+        let m = Mount::start(&list, &opts());
+        let mut c = Checks::default();
+        let one_copy = |got: &[u8], r: &io::Result<()>| match r {
+            Ok(()) => got == first || got == *mirror,
+            Err(e) => {
+                e.raw_os_error() == Some(libc::EIO)
+                    && (first.starts_with(got) || mirror.starts_with(got))
+            }
+        };
+        let (got, r) = read_all(&m.join("x.bin"));
+        c.check(one_copy(&got, &r), || {
+            format!(
+                "{what}: first read: {} bytes, {r:?}: mixed or wrong",
+                got.len()
+            )
+        });
+        c.check(fake.verbs().iter().any(|v| v == "RETR"), || {
+            format!("{what}: the fake (priority 1) was never asked for the file")
+        });
+        // Only the whole-file case leaves a mixed page cache possible: read again.
+        for round in 0..2 {
+            let (got, r) = read_all(&m.join("x.bin"));
+            c.check(one_copy(&got, &r), || {
+                format!("{what}: read {round} after: {} bytes, {r:?}", got.len())
+            });
+        }
+        let log = m.log();
+        if what == "different copy" {
+            c.check(log.contains("differ"), || {
+                format!("{what}: the log should say the copies differ:\n{log}")
+            });
+        } else {
+            c.check(r.is_ok() && got == first, || {
+                format!(
+                    "{what}: failover to an identical copy: {} bytes, {r:?}",
+                    got.len()
+                )
+            });
+            c.check(!log.contains("differ"), || {
+                format!("{what}: identical copies found different:\n{log}")
+            });
+        }
+        c.server_read_only(&vs.srv);
+        c.finish();
+    }
+}
+
+/// Copies that agree at the splice point but differ elsewhere: only hashes can tell. Both
+/// fakes offer proftpd-style hash commands; the first cuts every transfer short at 1 MiB
+/// (and stays up, so it can be asked for its hash).
+#[test]
+fn hashes_decide_failover_between_copies_that_agree_at_the_splice() {
+    let first = pseudo_random_bytes(72, 2 * MIB);
+    let mut changed = first.clone();
+    changed[3 * MIB / 2] ^= 0x55;
+    assert_eq!(
+        common::fake::crc32(b"123456789"),
+        0xCBF4_3926,
+        "the CRC-32 check value"
+    );
+    for (what, mirror) in [("differ far from the cut", &changed), ("identical", &first)] {
+        let serve = |data: &Vec<u8>, drop: bool| {
+            FakeFtp::start(FakeConfig {
+                drop_retr_after: drop.then_some(MIB as u64),
+                hash_crc32: true,
+                ..FakeConfig::new().file("x.bin", data.clone())
+            })
+        };
+        let (f1, f2) = (serve(&first, true), serve(mirror, false));
+        let list = format!("{}\n{}\n", f1.line(), f2.line());
+        let m = Mount::start(&list, &opts());
+        let mut c = Checks::default();
+        let (got, r) = read_all(&m.join("x.bin"));
+        let log = m.log();
+        let hashed = |f: &FakeFtp| f.verbs().iter().any(|v| v == "HASH");
+        c.check(hashed(&f1) && hashed(&f2), || {
+            format!("{what}: both servers should be asked for a hash")
+        });
+        if what == "identical" {
+            c.check(r.is_ok() && got == first, || {
+                format!("{what}: {} bytes, {r:?}", got.len())
+            });
+        } else {
+            // The first server stays up (it only cuts each transfer at 1 MiB), so a retry
+            // may finish the file from it alone: whole and right, or EIO after a prefix.
+            let one_copy = match &r {
+                Ok(()) => got == first,
+                Err(e) => e.raw_os_error() == Some(libc::EIO) && first.starts_with(&got),
+            };
+            c.check(one_copy, || {
+                format!(
+                    "{what}: {} bytes, {r:?}: not the first copy alone",
+                    got.len()
+                )
+            });
+            c.check(log.contains("different hashes"), || {
+                format!("{what}: the log should name the hashes:\n{log}")
+            });
+        }
+        assert_fake_read_only(&f1);
+        assert_fake_read_only(&f2);
+        c.finish();
+    }
+}
+
+/// errno as POSIX tools expect them, through a real mount.
+#[test]
+fn errno_values_are_the_ones_posix_tools_expect() {
+    let fake = FakeFtp::start(
+        FakeConfig::new()
+            .file("a.txt", b"a\n".to_vec())
+            .file("d/b.txt", b"b\n".to_vec()),
+    );
+    let m = Mount::start(&format!("{}\n", fake.line()), &opts());
+    let mut c = Checks::default();
+    let errno = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    let cpath = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // A path through a file.
+    let through = m.join("a.txt/x");
+    c.check(
+        errno(fs::metadata(&through).map(drop)) == Some(libc::ENOTDIR),
+        || format!("stat a.txt/x: {:?}", fs::metadata(&through).err()),
+    );
+    c.check(
+        errno(fs::read_dir(&through).map(drop)) == Some(libc::ENOTDIR),
+        || "ls a.txt/x: want ENOTDIR".to_string(),
+    );
+    // A directory read as a file.
+    let mut buf = Vec::new();
+    let r = fs::File::open(m.join("d")).and_then(|mut f| f.read_to_end(&mut buf).map(drop));
+    c.check(errno(r) == Some(libc::EISDIR), || {
+        "read of a directory: want EISDIR".to_string()
+    });
+    // Extended attributes: none, properly.
+    for rel in ["a.txt", "d"] {
+        let p = cpath(&m.join(rel));
+        let name = std::ffi::CString::new("user.x").unwrap();
+        let mut val = [0u8; 64];
+        let rc = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                val.as_mut_ptr().cast(),
+                val.len(),
+            )
+        };
+        let e = io::Error::last_os_error().raw_os_error();
+        c.check(rc == -1 && e == Some(libc::ENODATA), || {
+            format!("getxattr {rel}: rc {rc}, errno {e:?}, want ENODATA")
+        });
+        let mut list = [0u8; 64];
+        let rc = unsafe { libc::listxattr(p.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+        c.check(rc == 0, || {
+            format!("listxattr {rel}: {rc}, want an empty list")
+        });
+        let rc = unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+        c.check(rc == 0, || {
+            format!("listxattr {rel} size query: {rc}, want 0")
+        });
+    }
+    assert_fake_read_only(&fake);
+    c.finish();
 }
 
 /// Reading must fail with EIO, and what arrived before must be a true prefix.

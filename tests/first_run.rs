@@ -29,9 +29,26 @@ struct Outcome {
     stderr: String,
 }
 
-/// Run the binary (daemon mode unless `-f` is in `args`) and wait for it to return.
+/// Run the binary (daemon mode unless `-f` is in `args`) and wait for it to return. A daemon
+/// without --log-file logs to syslog: here to a socket of the test's own (a machine without
+/// /dev/log would add a warning saying so).
 fn launch(args: &[&OsStr]) -> Outcome {
-    let out = run_timeout(Command::new(BIN).args(args), RUN_LIMIT);
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let sock = std::env::temp_dir().join(format!(
+        "ftpcircle-first-run-syslog-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_file(&sock);
+    let syslog = std::os::unix::net::UnixDatagram::bind(&sock).expect("bind a syslog socket");
+    let out = run_timeout(
+        Command::new(BIN)
+            .args(args)
+            .env("FTPCIRCLE_SYSLOG_SOCKET", &sock),
+        RUN_LIMIT,
+    );
+    drop(syslog);
+    let _ = std::fs::remove_file(&sock);
     Outcome {
         code: out.status.code(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -132,13 +132,16 @@ fn spec() -> Spec {
     let s1_recent = (now - 3 * 3600) / 60 * 60;
     let s3_recent = now - 3600 - 17;
     let mirror = pseudo_random_bytes(1, 3 * 1024 * 1024 + 4321);
+    // Mirrors are copies of the same size and time (to the minute for vsftpd's LIST).
+    let mirror_time = (now - 7200) / 60 * 60;
 
     let mut s1 = Tree::new();
     file_at(&mut s1, b"pub/readme.txt", b"S1 readme\n", s1_recent);
-    file(
+    file_at(
         &mut s1,
         b"pub/common/a.txt",
         b"common a, mirrored on S1 and S3\n",
+        mirror_time,
     );
     file(
         &mut s1,
@@ -146,7 +149,7 @@ fn spec() -> Spec {
         &cat(&[b"link target on S1 ", NEEDLE, b"\n"]),
     );
     link(&mut s1, b"pub/link", b"common/target.txt");
-    file(&mut s1, b"pub/mirror.bin", &mirror);
+    file_at(&mut s1, b"pub/mirror.bin", &mirror, mirror_time);
     file(
         &mut s1,
         b"pub/clash",
@@ -169,7 +172,7 @@ fn spec() -> Spec {
 
     let mut s2 = Tree::new();
     file(&mut s2, b"pub/s2only.txt", b"only on S2 (FTPS)\n");
-    file(&mut s2, b"pub/mirror.bin", &mirror);
+    file_at(&mut s2, b"pub/mirror.bin", &mirror, mirror_time);
     file(
         &mut s2,
         b"pub/sized.txt",
@@ -201,10 +204,11 @@ fn spec() -> Spec {
         b"pub/readme.txt",
         b"S3 readme: longer, hidden by S1's copy\n",
     );
-    file(
+    file_at(
         &mut s3,
         b"pub/common/a.txt",
         b"common a, mirrored on S1 and S3\n",
+        mirror_time,
     );
     file(
         &mut s3,
@@ -946,6 +950,11 @@ fn writes_fail_with_erofs() {
             .expect("emptydir")
             .is_dir()
     );
+    // No server was asked to change anything (each log shows a login first,
+    // so this is not vacuous).
+    for (name, server, _) in f.servers() {
+        server.assert_no_write_commands(name);
+    }
 }
 
 #[test]

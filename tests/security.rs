@@ -13,29 +13,22 @@
 mod common;
 
 use common::{
-    BIN, FtpServer, Mount, MountOptions, TempDir, TestCert, csv_field, daemon_pids, is_mountpoint,
-    lazy_unmount, mkdir_p, run_ok, run_timeout, send_signal, set_mode, wait_child, wait_until,
-    write_file,
+    FtpServer, Mount, MountOptions, TempDir, TestCert, csv_field, daemon_pids, is_write_verb,
+    mkdir_p, run_ok, run_timeout, set_mode, write_file,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 const CMD_LIMIT: Duration = Duration::from_secs(60);
-const MOUNT_LIMIT: Duration = Duration::from_secs(60);
-const UNMOUNT_LIMIT: Duration = Duration::from_secs(15);
-/// After this the watchdog of a [`Run`] kills the daemon and unmounts.
-const WATCHDOG: Duration = Duration::from_secs(300);
 
 /// The password of the account on the pyftpdlib server: a comma and quotes,
 /// so the serverlist field must be quoted (`"S3cr3t-p4ss,""x"""`).
@@ -48,215 +41,16 @@ const PW_CORE: &str = "S3cr3t-p4ss";
 const PW_USER: &str = "keeper";
 const PW_ENV: &str = "FTPC_TEST_PW";
 
-/// FTP verbs that change something on a server.
-const WRITE_VERBS: [&str; 11] = [
-    "STOR", "STOU", "APPE", "DELE", "MKD", "XMKD", "RMD", "XRMD", "RNFR", "RNTO", "SITE",
-];
-
 const NOBODY: u32 = 65534;
 
 // ---------------------------------------------------------------------------
-// a launch of the binary with full control over arguments, environment,
-// serverlist mode and stderr (common::Mount always logs to a file and keeps
-// the list private, which several tests here must vary)
+// launches: common::Mount with nothing but what each test passes
 
-struct Run {
-    mnt: PathBuf,
-    list: PathBuf,
-    err_path: PathBuf,
-    args: Vec<OsString>,
-    envs: Vec<(OsString, OsString)>,
-    /// The `-f` process, for foreground runs.
-    child: Option<Child>,
-    pids: Vec<i32>,
-    done: Arc<AtomicBool>,
-    // Last: removed after the unmount in Drop.
-    dir: TempDir,
-}
-
-impl Run {
-    /// Writes `serverlist` with permission bits `mode`.
-    fn new(serverlist: &str, mode: u32) -> Run {
-        let dir = TempDir::new("run");
-        let mnt = dir.subdir("mnt");
-        let list = dir.join("serverlist.txt");
-        fs::write(&list, serverlist).expect("write serverlist");
-        set_mode(&list, mode);
-        Run {
-            mnt,
-            list,
-            err_path: dir.join("stderr.txt"),
-            args: Vec::new(),
-            envs: Vec::new(),
-            child: None,
-            pids: Vec::new(),
-            done: Arc::new(AtomicBool::new(false)),
-            dir,
-        }
-    }
-
-    fn arg(mut self, a: impl AsRef<OsStr>) -> Run {
-        self.args.push(a.as_ref().to_os_string());
-        self
-    }
-
-    fn env(mut self, k: &str, v: &str) -> Run {
-        self.envs.push((k.into(), v.into()));
-        self
-    }
-
-    /// A path in the run's temp dir (for `--log-file`).
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn command(&self, foreground: bool) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--servers").arg(&self.list);
-        if foreground {
-            cmd.arg("-f");
-        }
-        cmd.args(&self.args).arg(&self.mnt);
-        // Only what a test sets explicitly.
-        cmd.env_remove("RUST_LOG").env_remove(PW_ENV);
-        for (k, v) in &self.envs {
-            cmd.env(k, v);
-        }
-        let out = fs::File::create(&self.err_path).expect("create stderr file");
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out);
-        cmd
-    }
-
-    /// Daemon mode: waits for the launcher to return, asserts it exited 0
-    /// with the mount in place.
-    fn daemon(mut self) -> Run {
-        let mut cmd = self.command(false);
-        let desc = format!("{cmd:?}");
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-        let Some(status) = wait_child(&mut child, MOUNT_LIMIT) else {
-            let _ = child.kill();
-            let _ = wait_child(&mut child, Duration::from_secs(5));
-            panic!("{desc} did not return\n{}", self.stderr());
-        };
-        assert!(
-            status.success(),
-            "{desc} exited with {status}\n{}",
-            self.stderr()
-        );
-        assert!(
-            is_mountpoint(&self.mnt),
-            "{desc} exited 0 without mounting\n{}",
-            self.stderr()
-        );
-        self.pids = daemon_pids(&self.mnt);
-        self.watchdog();
-        self
-    }
-
-    /// `-f`: runs as a child and waits until the mount appears.
-    fn foreground(mut self) -> Run {
-        let mut cmd = self.command(true);
-        let desc = format!("{cmd:?}");
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-        let mut exited = None;
-        let up = wait_until(MOUNT_LIMIT, || {
-            if let Ok(Some(st)) = child.try_wait() {
-                exited = Some(st);
-                return true;
-            }
-            is_mountpoint(&self.mnt)
-        });
-        if !up || exited.is_some() {
-            let _ = child.kill();
-            let _ = wait_child(&mut child, Duration::from_secs(5));
-            lazy_unmount(&self.mnt);
-            panic!("{desc} did not mount ({exited:?})\n{}", self.stderr());
-        }
-        self.pids = vec![child.id() as i32];
-        self.child = Some(child);
-        self.watchdog();
-        self
-    }
-
-    fn watchdog(&self) {
-        let done = Arc::clone(&self.done);
-        let mnt = self.mnt.clone();
-        let pids = self.pids.clone();
-        thread::spawn(move || {
-            let step = Duration::from_millis(200);
-            for _ in 0..(WATCHDOG.as_millis() / step.as_millis()) {
-                if done.load(Ordering::SeqCst) {
-                    return;
-                }
-                thread::sleep(step);
-            }
-            if done.load(Ordering::SeqCst) {
-                return;
-            }
-            eprintln!("watchdog: {} still mounted; killing", mnt.display());
-            for p in pids.into_iter().chain(daemon_pids(&mnt)) {
-                send_signal(p, libc::SIGKILL);
-            }
-            lazy_unmount(&mnt);
-        });
-    }
-
-    fn join(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-
-    /// Everything the launcher (and, with `-f`, the whole run) wrote to
-    /// stdout and stderr.
-    fn stderr(&self) -> String {
-        fs::read(&self.err_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Unmounts (SIGTERM for `-f`, fusermount3 -u otherwise) and waits,
-    /// bounded, for every process that served the mount to exit.
-    fn unmount(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-        let mut pids = self.pids.clone();
-        pids.extend(daemon_pids(&self.mnt));
-        if let Some(mut child) = self.child.take() {
-            send_signal(child.id() as i32, libc::SIGTERM);
-            if wait_child(&mut child, UNMOUNT_LIMIT).is_none() {
-                lazy_unmount(&self.mnt);
-                let _ = child.kill();
-                let _ = wait_child(&mut child, Duration::from_secs(5));
-            }
-        }
-        lazy_unmount(&self.mnt);
-        let gone = wait_until(UNMOUNT_LIMIT, || {
-            pids.iter().all(|p| !alive_serving(*p, &self.mnt))
-        });
-        if !gone {
-            eprintln!("daemon {pids:?} did not exit after unmount; killing it");
-            for p in &pids {
-                send_signal(*p, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("---- ftpcircle-fs output ----\n{}", self.stderr());
-        }
-        self.unmount();
-    }
-}
-
-fn alive_serving(pid: i32, mnt: &Path) -> bool {
-    daemon_pids(mnt).contains(&pid)
+/// Mount options with no harness logging (everything goes to the launch
+/// output, i.e. stderr), no inherited `RUST_LOG` or [`PW_ENV`], and the
+/// serverlist file with permission bits `mode`.
+fn bare(mode: u32) -> MountOptions {
+    MountOptions::bare().list_mode(mode).env_remove(PW_ENV)
 }
 
 // ---------------------------------------------------------------------------
@@ -354,25 +148,11 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, (String, u64, u32, i64)> {
     out
 }
 
-/// Asserts the server never received a command that changes anything, and
-/// that its log was readable at all (so the check is not vacuous).
+/// Asserts the server saw a logged-in session and never received a command
+/// that changes anything; and, belt and braces, that no line of the raw log
+/// has a write command either, in case a line did not parse.
 fn assert_no_write_commands(name: &str, server: &FtpServer) {
-    let exchanges = server.exchanges();
-    assert!(
-        exchanges.iter().any(|e| e.verb() == "USER"),
-        "{name}: no USER command in the server's log; cannot check it:\n{}",
-        server.commands_log()
-    );
-    let bad: Vec<&str> = exchanges
-        .iter()
-        .filter(|e| WRITE_VERBS.contains(&e.verb().as_str()))
-        .map(|e| e.command.as_str())
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{name} received write-side commands: {bad:?}"
-    );
-    // Belt and braces: the raw log, in case a line did not parse.
+    server.assert_no_write_commands(name);
     for line in server.commands_log().lines() {
         let cmd = if let Some(i) = line.find("FTP command: Client \"") {
             line[i..].split_once("\", \"").map(|x| x.1)
@@ -380,13 +160,9 @@ fn assert_no_write_commands(name: &str, server: &FtpServer) {
             line.split_once("] <- ").map(|x| x.1)
         };
         if let Some(cmd) = cmd {
-            let verb = cmd
-                .split([' ', '"'])
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
+            let verb = cmd.split([' ', '"']).next().unwrap_or("");
             assert!(
-                !WRITE_VERBS.contains(&verb.as_str()),
+                !is_write_verb(verb),
                 "{name} log has a write-side command: {line}"
             );
         }
@@ -877,14 +653,14 @@ fn ftps_without_ca_file_is_refused_with_certificate_error_then_works_with_it() {
     let list = format!("{}\n{label},,,1\n", plain.line());
 
     // Without --ca-file: the test CA is unknown, the server must be refused.
-    let mut run = Run::new(&list, 0o600).arg("-v").daemon();
+    let mut run = Mount::start(&list, &bare(0o600).arg("-v"));
     assert_eq!(read(&run.join("plain/hello.txt")), b"hello in clear\n");
     let top = names(&run.mnt);
     assert!(
         !top.contains("secure"),
         "files of an unverified server are listed: {top:?}"
     );
-    let err = run.stderr();
+    let err = run.launch_output();
     let lines: Vec<&str> = err.lines().filter(|l| l.contains(&label)).collect();
     assert!(
         !lines.is_empty(),
@@ -902,6 +678,13 @@ fn ftps_without_ca_file_is_refused_with_certificate_error_then_works_with_it() {
     assert!(fs::metadata(run.join("secure")).is_err());
     run.unmount();
     drop(run);
+    // The server saw the attempt (so the count below is not vacuous) ...
+    assert!(
+        tls.commands().iter().any(|c| c.starts_with("AUTH ")),
+        "the FTPS server's log shows no connection attempt:\n{}",
+        tls.commands_log()
+    );
+    // ... and served nothing.
     assert_eq!(
         tls.listing_count(),
         0,
@@ -981,11 +764,10 @@ fn certificate_for_another_host_name_is_refused() {
     let label = format!("localhost:{}", tls.port);
     let list = format!("{}\n{label},,,1\n", plain.line());
 
-    let run = Run::new(&list, 0o600)
-        .arg("--ca-file")
-        .arg(&ca.ca)
-        .arg("-v")
-        .daemon();
+    let run = Mount::start(
+        &list,
+        &bare(0o600).arg("--ca-file").arg_os(&ca.ca).arg("-v"),
+    );
     assert_eq!(read(&run.join("plain/hello.txt")), b"hello\n");
     let top = names(&run.mnt);
     assert!(
@@ -993,7 +775,7 @@ fn certificate_for_another_host_name_is_refused() {
         "files of a server with a certificate for another name are listed: {top:?}"
     );
     assert!(fs::metadata(run.join("wrongsrv/secret.txt")).is_err());
-    let err = run.stderr();
+    let err = run.launch_output();
     let lines: Vec<&str> = err.lines().filter(|l| l.contains(&label)).collect();
     assert!(
         !lines.is_empty(),
@@ -1012,6 +794,13 @@ fn certificate_for_another_host_name_is_refused() {
     drop(run);
 
     let ex = tls.exchanges();
+    // The server saw the connection (so the checks below are not vacuous).
+    assert!(
+        ex.iter()
+            .any(|e| e.command.eq_ignore_ascii_case("AUTH TLS")),
+        "the FTPS server's log shows no connection attempt:\n{}",
+        tls.commands_log()
+    );
     let after_tls: Vec<&str> = ex
         .iter()
         .filter(|e| !e.command.eq_ignore_ascii_case("AUTH TLS"))
@@ -1036,9 +825,11 @@ fn password_is_in_no_log_at_any_verbosity() {
     assert!(list.contains("\"S3cr3t-p4ss,\"\"x\"\"\""), "{list}");
 
     // -vvv into a log file.
-    let mut run = Run::new(&list, 0o600);
-    let log = run.file("vvv.log");
-    run = run.arg("-vvv").arg("--log-file").arg(&log).daemon();
+    let log = dir.join("vvv.log");
+    let mut run = Mount::start(
+        &list,
+        &bare(0o600).arg("-vvv").arg("--log-file").arg_os(&log),
+    );
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     assert_eq!(read(&run.join("vault/deep/notes.txt")), b"notes\n");
     run.unmount();
@@ -1048,17 +839,18 @@ fn password_is_in_no_log_at_any_verbosity() {
         "-vvv log has no debug/trace lines:\n{log_text}"
     );
     assert_no_secret("-vvv --log-file", &log_text);
-    assert_no_secret("stderr of -vvv --log-file", &run.stderr());
+    assert_no_secret("stderr of -vvv --log-file", &run.launch_output());
     drop(run);
 
     // RUST_LOG=trace into a log file.
-    let mut run = Run::new(&list, 0o600);
-    let log = run.file("trace.log");
-    run = run
-        .env("RUST_LOG", "trace")
-        .arg("--log-file")
-        .arg(&log)
-        .daemon();
+    let log = dir.join("trace.log");
+    let mut run = Mount::start(
+        &list,
+        &bare(0o600)
+            .env("RUST_LOG", "trace")
+            .arg("--log-file")
+            .arg_os(&log),
+    );
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     run.unmount();
     let log_text = fs::read_to_string(&log).expect("read log");
@@ -1067,18 +859,15 @@ fn password_is_in_no_log_at_any_verbosity() {
         "RUST_LOG=trace log has no debug lines:\n{log_text}"
     );
     assert_no_secret("RUST_LOG=trace --log-file", &log_text);
-    assert_no_secret("stderr of RUST_LOG=trace --log-file", &run.stderr());
+    assert_no_secret("stderr of RUST_LOG=trace --log-file", &run.launch_output());
     drop(run);
 
     // RUST_LOG=trace -vvv in the foreground, everything on stderr.
-    let mut run = Run::new(&list, 0o600)
-        .env("RUST_LOG", "trace")
-        .arg("-vvv")
-        .foreground();
+    let mut run = Mount::foreground(&list, &bare(0o600).env("RUST_LOG", "trace").arg("-vvv"));
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     assert_eq!(read(&run.join("vault/deep/notes.txt")), b"notes\n");
     run.unmount();
-    let err = run.stderr();
+    let err = run.launch_output();
     assert!(err.contains("DEBUG"), "no debug lines on stderr:\n{err}");
     assert_no_secret("stderr of RUST_LOG=trace -vvv -f", &err);
     drop(run);
@@ -1102,16 +891,13 @@ fn wrong_password_error_names_server_but_not_password() {
     );
 
     // Default log target (stderr), most verbose.
-    let run = Run::new(&list, 0o600)
-        .env("RUST_LOG", "trace")
-        .arg("-vvv")
-        .daemon();
+    let run = Mount::start(&list, &bare(0o600).env("RUST_LOG", "trace").arg("-vvv"));
     assert_eq!(read(&run.join("other/ok.txt")), b"ok\n");
     assert!(
         !names(&run.mnt).contains("vault"),
         "listed a server we could not log in to"
     );
-    let err = run.stderr();
+    let err = run.launch_output();
     let lines: Vec<&str> = err
         .lines()
         .filter(|l| l.contains(&label) && !l.contains(" TRACE "))
@@ -1130,16 +916,21 @@ fn wrong_password_error_names_server_but_not_password() {
     drop(run);
 
     // And in a log file.
-    let mut run = Run::new(&list, 0o600);
-    let log = run.file("wrong.log");
-    run = run.arg("-vvv").arg("--log-file").arg(&log).daemon();
+    let log = dir.join("wrong.log");
+    let mut run = Mount::start(
+        &list,
+        &bare(0o600).arg("-vvv").arg("--log-file").arg_os(&log),
+    );
     let _ = fs::metadata(run.join("vault"));
     run.unmount();
     assert_no_secret(
         "log with a wrong password",
         &fs::read_to_string(&log).unwrap_or_default(),
     );
-    assert_no_secret("stderr with a wrong password and a log file", &run.stderr());
+    assert_no_secret(
+        "stderr with a wrong password and a log file",
+        &run.launch_output(),
+    );
     drop(run);
 
     let ex = server.exchanges();
@@ -1160,7 +951,7 @@ fn password_is_on_no_command_line() {
     let dir = TempDir::new("pw-ps");
     let server = password_server(&dir);
     let list = password_line(&server, &csv_field(PW));
-    let run = Run::new(&list, 0o600).daemon();
+    let run = Mount::start(&list, &bare(0o600));
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     assert_logged_in(&server);
 
@@ -1174,9 +965,9 @@ fn password_is_on_no_command_line() {
         );
     }
     // The tests' own pyftpdlib servers (this one and those of tests running
-    // in parallel) get the password as an argument: that is the harness, not
-    // the program under test.
-    let is_harness = |cmdline: &str| cmdline.contains(common::PYFTPD_SCRIPT);
+    // in parallel, also from other checkouts on the same machine) get the
+    // password as an argument: that is the harness, not the program under test.
+    let is_harness = |cmdline: &str| cmdline.contains("/tests/pyftpd.py");
     let mut leaks = Vec::new();
     for e in fs::read_dir("/proc").expect("/proc").flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -1206,22 +997,22 @@ fn world_readable_serverlist_with_password_is_warned_about() {
     let list = password_line(&server, &csv_field(PW));
 
     for mode in [0o644, 0o640, 0o604] {
-        let run = Run::new(&list, mode).daemon();
+        let run = Mount::start(&list, &bare(mode));
         assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
-        let err = run.stderr();
-        let warnings = permission_warnings(&err, &run.list);
+        let err = run.launch_output();
+        let warnings = permission_warnings(&err, &run.serverlist);
         assert!(
             !warnings.is_empty(),
             "mode {mode:03o}: no warning on stderr naming {} and its permissions:\n{err}",
-            run.list.display()
+            run.serverlist.display()
         );
         assert_no_secret("the permission warning", &err);
     }
 
-    let run = Run::new(&list, 0o600).daemon();
+    let run = Mount::start(&list, &bare(0o600));
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
-    let err = run.stderr();
-    let warnings = permission_warnings(&err, &run.list);
+    let err = run.launch_output();
+    let warnings = permission_warnings(&err, &run.serverlist);
     assert!(
         warnings.is_empty(),
         "mode 600: unexpected permission warning: {warnings:?}"
@@ -1235,14 +1026,13 @@ fn world_readable_serverlist_warning_reaches_stderr_with_log_file() {
     let dir = TempDir::new("pw-mode-log");
     let server = password_server(&dir);
     let list = password_line(&server, &csv_field(PW));
-    let mut run = Run::new(&list, 0o644);
-    let log = run.file("mode.log");
-    run = run.arg("--log-file").arg(&log).daemon();
+    let log = dir.join("mode.log");
+    let run = Mount::start(&list, &bare(0o644).arg("--log-file").arg_os(&log));
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
-    let err = run.stderr();
+    let err = run.launch_output();
     let log_text = fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        !permission_warnings(&err, &run.list).is_empty(),
+        !permission_warnings(&err, &run.serverlist).is_empty(),
         "with --log-file the permission warning is not on stderr\nstderr:\n{err}\nlog:\n{log_text}"
     );
 }
@@ -1253,11 +1043,11 @@ fn env_password_reference_works_without_permission_warning() {
     let server = password_server(&dir);
     let list = password_line(&server, &format!("env:{PW_ENV}"));
     assert!(!list.contains(PW_CORE));
-    let run = Run::new(&list, 0o644).env(PW_ENV, PW).arg("-vvv").daemon();
+    let run = Mount::start(&list, &bare(0o644).env(PW_ENV, PW).arg("-vvv"));
     assert_eq!(read(&run.join("vault/ledger.txt")), b"balance: 42\n");
     assert_eq!(read(&run.join("vault/deep/notes.txt")), b"notes\n");
-    let err = run.stderr();
-    let warnings = permission_warnings(&err, &run.list);
+    let err = run.launch_output();
+    let warnings = permission_warnings(&err, &run.serverlist);
     assert!(
         warnings.is_empty(),
         "warned about a list that holds only a reference: {warnings:?}"

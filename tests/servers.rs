@@ -275,3 +275,193 @@ fn drop_kills_server_sessions_too() {
     );
     drop(stream);
 }
+
+/// What every server started from the unpacked Debian packages must do:
+/// serve a file and a listing (LIST and MLSD) to curl, refuse uploads, and
+/// log each of those commands so that tests can count them.
+fn check_unpacked_server(server: &FtpServer, extra: &[&str]) {
+    let login = login_args(server);
+    let mut args: Vec<&str> = login.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    assert_eq!(
+        fetch(server, "pub/hello.txt", &args),
+        b"hello from the harness\n"
+    );
+    let listing = fetch(server, "pub/", &args);
+    let listing = String::from_utf8_lossy(&listing);
+    assert!(
+        listing.contains("hello.txt") && listing.contains("sub dir"),
+        "{listing}"
+    );
+    let mut mlsd_args = args.clone();
+    mlsd_args.extend(["-X", "MLSD"]);
+    let mlsd = fetch(server, "pub/", &mlsd_args);
+    let mlsd = String::from_utf8_lossy(&mlsd);
+    assert!(
+        mlsd.contains("type=file") && mlsd.contains("hello.txt"),
+        "{mlsd}"
+    );
+    // Read-only for the test's login.
+    let up = run_timeout(
+        curl()
+            .args(&args)
+            .args(["-T", "-"])
+            .arg(server.url("pub/upload.txt")),
+        LIMIT,
+    );
+    assert!(!up.status.success(), "upload accepted");
+    assert!(!server.root.join("pub/upload.txt").exists());
+    // The log saw all of it (read after the sessions ended).
+    assert!(
+        common::wait_until(Duration::from_secs(5), || server.count_verb("RETR") == 1
+            && server.listing_count() == 2),
+        "{:#?}",
+        server.exchanges()
+    );
+    let ex = server.exchanges();
+    let stor: Vec<_> = ex.iter().filter(|e| e.verb() == "STOR").collect();
+    assert!(
+        stor.len() == 1 && !stor[0].accepted(),
+        "STOR not logged as refused: {ex:#?}"
+    );
+    assert!(
+        ex.iter()
+            .any(|e| e.verb() == "PASS" && e.reply == Some(230)),
+        "{ex:#?}"
+    );
+    assert!(
+        common::is_write_verb(&stor[0].verb()),
+        "STOR is not a write verb"
+    );
+}
+
+/// A TLS-only server: plain FTP refused, our CA needed, AUTH and PROT P logged.
+fn check_tls_required(server: &FtpServer, cert: &TestCert) {
+    let plain = run_timeout(
+        curl()
+            .args(login_args(server))
+            .args(["--max-time", "10"])
+            .arg(server.url("pub/hello.txt")),
+        LIMIT,
+    );
+    assert!(!plain.status.success(), "plain FTP accepted");
+    let untrusted = run_timeout(
+        curl()
+            .args(login_args(server))
+            .args(["--ssl-reqd", "--max-time", "10"])
+            .arg(server.url("pub/hello.txt")),
+        LIMIT,
+    );
+    assert_eq!(untrusted.status.code(), Some(60), "{untrusted:?}");
+    let ca = cert.ca.to_str().expect("utf-8 path");
+    check_unpacked_server(server, &["--ssl-reqd", "--cacert", ca]);
+    let cmds = server.commands();
+    assert!(
+        cmds.iter()
+            .any(|c| c.to_ascii_uppercase().starts_with("AUTH ")),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.iter().any(|c| c.eq_ignore_ascii_case("PROT P")),
+        "{cmds:?}"
+    );
+    assert!(server.line().ends_with(",1"), "{}", server.line());
+}
+
+#[test]
+fn proftpd_plain_serves_files_anonymously_and_logs_commands() {
+    let dir = TempDir::new("srv-proftpd");
+    let root = sample_root(&dir);
+    let server = FtpServer::proftpd(&root);
+    assert!(server.user.is_none() && server.line().ends_with(",,,0"));
+    check_unpacked_server(&server, &[]);
+    // mod_digest answers hash commands (for the mirror identity rule).
+    let out = run_ok(
+        curl()
+            .args(["-Q", "XSHA256 /pub/hello.txt"])
+            .arg(server.url("pub/hello.txt"))
+            .args(["-o", "/dev/null", "-v"]),
+        LIMIT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("< 250"), "{err}");
+}
+
+#[test]
+fn proftpd_tls_requires_explicit_ftps() {
+    let dir = TempDir::new("srv-proftpd-tls");
+    let root = sample_root(&dir);
+    let cert = TestCert::generate(&dir.subdir("cert"));
+    let server = FtpServer::proftpd_tls(&root, &cert);
+    check_tls_required(&server, &cert);
+}
+
+#[test]
+fn pureftpd_plain_serves_files_to_its_user_only() {
+    let dir = TempDir::new("srv-pureftpd");
+    let root = sample_root(&dir);
+    let server = FtpServer::pureftpd(&root);
+    check_unpacked_server(&server, &[]);
+    // Anonymous logins are refused.
+    let anon = run_timeout(curl().arg(server.url("pub/hello.txt")), LIMIT);
+    assert!(!anon.status.success(), "anonymous login accepted");
+    let ex = server.exchanges();
+    let anon = ex
+        .iter()
+        .position(|e| e.verb() == "USER" && e.arg() == "anonymous")
+        .expect("anonymous USER logged");
+    assert!(
+        ex[anon + 1..]
+            .iter()
+            .any(|e| e.session == ex[anon].session && e.verb() == "PASS" && e.reply == Some(530)),
+        "{ex:#?}"
+    );
+}
+
+#[test]
+fn pureftpd_tls_requires_tls() {
+    let dir = TempDir::new("srv-pureftpd-tls");
+    let root = sample_root(&dir);
+    let cert = TestCert::generate(&dir.subdir("cert"));
+    let server = FtpServer::pureftpd_tls(&root, &cert);
+    check_tls_required(&server, &cert);
+}
+
+#[test]
+fn unpacked_server_logs_parse() {
+    let pro = "4711 331 USER anonymous\n4711 230 PASS (hidden)\n4712 226 MLSD\n\
+               4711 550 STOR up.txt\n4711 226 LIST -a\nnot a log line\n";
+    let ex = common::parse_proftpd_log(pro);
+    assert_eq!(ex.len(), 5, "{ex:#?}");
+    assert_eq!(ex[1].command, "PASS (hidden)");
+    assert_eq!(ex[2].session, "4712");
+    assert!(ex[2].is_listing() && ex[4].is_listing());
+    assert_eq!(ex[3].reply, Some(550));
+    assert!(!ex[3].accepted());
+    let pure = "<95>Dec  1 05:36:01 pure-ftpd[21706]: (?@127.0.0.1) [DEBUG] 220-banner\n\
+<95>Dec  1 05:36:01 pure-ftpd[21706]: (?@127.0.0.1) [DEBUG] Command [user] [circle]\n\
+<95>Dec  1 05:36:01 pure-ftpd[21707]: (?@127.0.0.1) [DEBUG] Command [user] [anonymous]\n\
+<95>Dec  1 05:36:01 pure-ftpd[21706]: (?@127.0.0.1) [DEBUG] 331 User circle OK. Password required\n\
+<94>Dec  1 05:36:01 pure-ftpd[21706]: (circle@127.0.0.1) [INFO] circle is now logged in\n\
+<95>Dec  1 05:36:01 pure-ftpd[21706]: (circle@127.0.0.1) [DEBUG] Command [mlsd] []\n\
+<95>Dec  1 05:36:01 pure-ftpd[21706]: (circle@127.0.0.1) [DEBUG] 150 Accepted data connection\n\
+<95>Dec  1 05:36:01 pure-ftpd[21706]: (circle@127.0.0.1) [DEBUG] 226-Options: -l\n\
+<95>Dec  1 05:36:01 pure-ftpd[21707]: (?@127.0.0.1) [DEBUG] 530 This is a private system\n";
+    let ex = common::parse_pureftpd_log(pure);
+    assert_eq!(ex.len(), 3, "{ex:#?}");
+    assert_eq!(ex[0].command, "USER circle");
+    assert_eq!(ex[0].reply, Some(331));
+    assert_eq!(ex[1].reply, Some(530));
+    assert_eq!(ex[2].command, "MLSD");
+    assert!(ex[2].is_listing());
+}
+
+#[test]
+fn one_list_of_write_verbs() {
+    for v in ["stor", "DELE", "Mkd", "SITE", "MFMT"] {
+        assert!(common::is_write_verb(v), "{v}");
+    }
+    for v in ["RETR", "LIST", "MLSD", "SIZE", "MDTM", "REST", "PASS"] {
+        assert!(!common::is_write_verb(v), "{v}");
+    }
+}

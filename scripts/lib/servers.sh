@@ -27,6 +27,13 @@ ftpc_missing_packages() {
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v ps >/dev/null 2>&1 || missing+=(procps)
+    # GNU inetutils and netkit ftpd (unpacked by ftpc_ensure_ftp_servers) run in a mount
+    # namespace of their own (unshare, mount) and log users in through PAM (pam_ftp,
+    # pam_unix, loaded from the system's PAM directory).
+    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    command -v mount >/dev/null 2>&1 || missing+=(mount)
+    compgen -G '/usr/lib/*/security/pam_ftp.so' >/dev/null ||
+        compgen -G '/lib/*/security/pam_ftp.so' >/dev/null || missing+=(libpam-modules)
     # A C compiler and linker: rustc links with cc, the ring crate compiles C.
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     printf '%s\n' "${missing[@]}"
@@ -67,6 +74,120 @@ ftpc_ensure_packages() {
     # vsftpd runs anonymous sessions as this user (the package creates it).
     id ftp >/dev/null 2>&1 || ftpc_die "user 'ftp' missing (normally created by the vsftpd package)"
     [ -e /dev/fuse ] || ftpc_die "/dev/fuse missing (load the fuse module / pass --device /dev/fuse)"
+}
+
+# ---------------------------------------------------------------------------
+# proftpd, pure-ftpd, GNU inetutils ftpd and netkit ftpd for the tests.
+#
+# Their Debian packages conflict with vsftpd's (all "provide" ftp-server),
+# so they are not installed: `apt-get download` fetches the .debs (and those of
+# their library dependencies that are not installed) and `dpkg -x` unpacks them
+# into FTPC_SERVERS_DIR/root.  The harness (tests/common) runs the servers from
+# there with LD_LIBRARY_PATH pointing at the unpacked libraries.  The directory
+# lives outside the repository so that `cargo clean` and fresh worktrees keep
+# it; deleting it is always safe (the next run re-creates it).
+
+FTPC_SERVERS_DIR=${FTPCIRCLE_SERVERS_DIR:-/var/cache/ftpcircle-fs/servers}
+# proftpd-mod-crypto has mod_tls; proftpd-core has the daemon, mod_digest.
+# inetutils-ftpd (GNU inetutils ftpd, usr/sbin/ftpd) and ftpd-ssl (netkit ftpd,
+# usr/sbin/in.ftpd: what Debian's "ftpd" package installs) are the servers
+# whose LIST runs `ls` (tests/common/ls_servers.rs).
+FTPC_SERVER_PACKAGES=(proftpd-core proftpd-mod-crypto pure-ftpd inetutils-ftpd ftpd-ssl)
+# Library dependencies are followed this many levels deep (libmemcached11 ->
+# libhashkit2 is the deepest chain in Debian 12).
+FTPC_SERVER_DEP_DEPTH=4
+
+# ftpc_servers_ok ROOT: the unpacked servers are complete and start far enough
+# to print their version (all their libraries resolve).
+ftpc_servers_ok() {
+    local root=$1 libs d
+    libs="$root/usr/lib"
+    # The multiarch library directories (usr/lib/x86_64-linux-gnu on amd64).
+    for d in "$root"/usr/lib/*-linux-gnu "$root"/lib/*-linux-gnu; do
+        [ -d "$d" ] && libs="$d:$libs"
+    done
+    [ -x "$root/usr/sbin/proftpd" ] && [ -x "$root/usr/sbin/pure-ftpd" ] &&
+        [ -x "$root/usr/bin/pure-pw" ] && [ -f "$root/usr/lib/proftpd/mod_tls.so" ] &&
+        [ -f "$root/usr/lib/proftpd/mod_digest.so" ] || return 1
+    LD_LIBRARY_PATH=$libs timeout 10 "$root/usr/sbin/proftpd" -v >/dev/null 2>&1 || return 1
+    [ -x "$root/usr/sbin/ftpd" ] && [ -x "$root/usr/sbin/in.ftpd" ] || return 1
+    ! LD_LIBRARY_PATH=$libs timeout 10 ldd "$root/usr/sbin/pure-ftpd" "$root/usr/bin/pure-pw" \
+        "$root/usr/lib/proftpd/mod_tls.so" "$root/usr/sbin/ftpd" "$root/usr/sbin/in.ftpd" 2>&1 |
+        grep -q 'not found'
+}
+
+# ftpc_missing_lib_deps PKG...: library packages (lib*) that PKG... depend on,
+# directly or through each other, and that are not installed.
+ftpc_missing_lib_deps() {
+    local -A seen=()
+    local todo=("$@") next dep depth p
+    for ((depth = 0; depth < FTPC_SERVER_DEP_DEPTH && ${#todo[@]} > 0; depth++)); do
+        next=()
+        for p in "${todo[@]}"; do
+            for dep in $(apt-cache depends --no-recommends --no-suggests --no-conflicts \
+                --no-breaks --no-replaces --no-enhances "$p" 2>/dev/null |
+                awk '$1 == "Depends:" || $1 == "PreDepends:" { print $2 }'); do
+                case $dep in lib*) ;; *) continue ;; esac
+                [ -z "${seen[$dep]:-}" ] || continue
+                seen[$dep]=1
+                if ! dpkg-query -W -f='${Status}' "$dep" 2>/dev/null | grep -q 'ok installed'; then
+                    echo "$dep"
+                    next+=("$dep")
+                fi
+            done
+        done
+        todo=("${next[@]}")
+    done
+}
+
+# Makes sure the servers of FTPC_SERVER_PACKAGES are unpacked in FTPC_SERVERS_DIR/root
+# (quick when they are).  Concurrent callers wait for each other (flock).
+ftpc_ensure_ftp_servers() {
+    local dir=$FTPC_SERVERS_DIR
+    if ftpc_servers_ok "$dir/root"; then
+        ftpc_log "proftpd, pure-ftpd, inetutils ftpd, netkit ftpd: present in $dir"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || ftpc_die "no apt-get: cannot fetch the test FTP servers"
+    mkdir -p "$dir"
+    (
+        flock -w 600 9 || ftpc_die "timed out waiting for the lock on $dir"
+        if ftpc_servers_ok "$dir/root"; then exit 0; fi
+        local new pkgs deps
+        new=$(mktemp -d "$dir/.new.XXXXXX")
+        trap 'rm -rf "$new"' EXIT
+        chmod 755 "$new"
+        mkdir "$new/debs" "$new/root"
+        # apt-get download runs as _apt when _apt can write there.
+        if id _apt >/dev/null 2>&1; then chown _apt "$new/debs" 2>/dev/null || true; fi
+        if ! apt-cache show "${FTPC_SERVER_PACKAGES[@]}" >/dev/null 2>&1; then
+            ftpc_log "apt-get update (package lists lack ${FTPC_SERVER_PACKAGES[*]})"
+            DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || ftpc_die "apt-get update failed"
+        fi
+        mapfile -t deps < <(ftpc_missing_lib_deps "${FTPC_SERVER_PACKAGES[@]}" | sort -u)
+        pkgs=("${FTPC_SERVER_PACKAGES[@]}" "${deps[@]}")
+        ftpc_log "downloading into $dir: ${pkgs[*]}"
+        if ! (cd "$new/debs" && timeout 600 apt-get download -q "${pkgs[@]}") >&2; then
+            # Stale package lists name versions the mirror no longer has.
+            ftpc_log "apt-get download failed; apt-get update and one more try"
+            DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || ftpc_die "apt-get update failed"
+            (cd "$new/debs" && rm -f ./*.deb && timeout 600 apt-get download -q "${pkgs[@]}") >&2 ||
+                ftpc_die "apt-get download ${pkgs[*]} failed"
+        fi
+        local deb
+        for deb in "$new/debs"/*.deb; do
+            dpkg -x "$deb" "$new/root" || ftpc_die "dpkg -x $deb failed"
+        done
+        ftpc_servers_ok "$new/root" ||
+            ftpc_die "unpacked proftpd/pure-ftpd in $new do not run (missing library?)"
+        (cd "$new/debs" && ls) >"$new/root/PACKAGES"
+        rm -rf "$dir/root.old"
+        if [ -e "$dir/root" ]; then mv "$dir/root" "$dir/root.old"; fi
+        mv "$new/root" "$dir/root"
+        rm -rf "$dir/root.old"
+    ) 9>"$dir/.lock" || exit 1
+    ftpc_servers_ok "$dir/root" || ftpc_die "proftpd/pure-ftpd not usable in $dir"
+    ftpc_log "proftpd, pure-ftpd: unpacked in $dir ($(tr '\n' ' ' <"$dir/root/PACKAGES"))"
 }
 
 # Rust needed to build: edition 2024 came with 1.85.

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use crate::backend::{Backend, Priority};
+use crate::backend::{EntryKind, RawEntry};
 use crate::error::{Error, Kind, Result};
-use crate::ftp::listing::RawEntry;
 
 /// How long a failed listing is remembered: long enough that one `ls` of a merged directory
 /// does not retry a dead server for each name, short enough to notice it coming back.
@@ -155,7 +155,10 @@ impl ListingCache {
         };
         if leader {
             self.fetches.fetch_add(1, Ordering::Relaxed);
-            let result = backend.list(server, path, prio).map(Arc::from);
+            let result = backend
+                .list(server, path, prio)
+                .and_then(|entries| with_targets(backend, server, path, prio, entries))
+                .map(Arc::from);
             let fetched = Arc::new(Fetched {
                 at: Instant::now(),
                 result,
@@ -218,4 +221,48 @@ impl ListingCache {
         let key: Key = (server, path.into());
         self.lru.lock().unwrap_or_else(|p| p.into_inner()).pop(&key);
     }
+}
+
+/// Fill in the symlink targets a listing left out, with one more listing of the directory
+/// (see [`Backend::symlink_targets`]), only when there is a symlink without target. That
+/// listing also brings the symlinks the first one left out altogether (proftpd's MLSD skips
+/// links whose target does not exist: dangling ones, loops). A link whose target it does not
+/// give either stays without one (the merge leaves it out); a failure of that listing is the
+/// listing's failure (retried after [`ERROR_TTL`]).
+fn with_targets(
+    backend: &dyn Backend,
+    server: usize,
+    path: &[u8],
+    prio: Priority,
+    mut entries: Vec<RawEntry>,
+) -> Result<Vec<RawEntry>> {
+    let unknown = |e: &RawEntry| matches!(&e.kind, EntryKind::Symlink(t) if t.is_empty());
+    if !entries.iter().any(unknown) {
+        return Ok(entries);
+    }
+    let mut links: HashMap<Vec<u8>, RawEntry> = backend
+        .symlink_targets(server, path, prio)?
+        .into_iter()
+        .filter(|e| matches!(&e.kind, EntryKind::Symlink(t) if !t.is_empty()))
+        .map(|e| (e.name.clone(), e))
+        .collect();
+    for e in entries.iter_mut() {
+        let listed = links.remove(&e.name);
+        if !unknown(e) {
+            continue;
+        }
+        match listed {
+            Some(link) => e.kind = link.kind,
+            None => log::info!(
+                "{}: /{}: the server does not say where symlink {:?} points; leaving it out",
+                backend.label(server),
+                String::from_utf8_lossy(path),
+                String::from_utf8_lossy(&e.name)
+            ),
+        }
+    }
+    let mut missing: Vec<RawEntry> = links.into_values().collect();
+    missing.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.extend(missing);
+    Ok(entries)
 }

@@ -1,12 +1,21 @@
 //! Reading one open file: one streaming RETR per open file while reads are sequential.
 //!
 //! Owns: which server serves the bytes (first reachable source by priority, then the next
-//! mirror on failure, continuing at the same offset with REST), the data stream, a buffer of
-//! recently received chunks, and read-ahead.
+//! mirror on failure, continuing at the same offset with REST), the splice check when bytes of
+//! a second copy follow bytes of a first one, the data stream, a buffer of recently received
+//! chunks, and read-ahead.
+//!
+//! Splices: the first server that delivers bytes of an open file is its reference. Another
+//! copy takes over only after it proved to be the same file: where both servers offer a common
+//! hash command the two hashes must agree ([`Mirrors::compare_by_hash`]), and in every case the
+//! new copy's last [`OVERLAP`] bytes before the splice point (the transfer starts that much
+//! earlier) must equal the bytes already received. A mismatch fails the read with EIO and marks
+//! the two copies different for the life of the mount (see [`crate::circle::mirrors`]).
 //!
 //! How: the stream lives in the shared state. Whoever takes it out reads the next chunk from
 //! the network (a FUSE request, or the read-ahead pump of a big file) while the others wait on
-//! a condition variable or answer from the buffer. Requests arrive slightly out of order (the
+//! a condition variable or answer from the buffer. Read-ahead runs as short jobs on a pool shared
+//! by all open files (no thread per file). Requests arrive slightly out of order (the
 //! kernel sends several reads of one file at once), so a request a little behind the stream is
 //! answered from the buffer, and one a little ahead by reading forward; anything else aborts
 //! the transfer and starts a new one at the requested offset.
@@ -14,6 +23,8 @@
 //! Invariants:
 //! - bytes returned are always the file's bytes at the requested offsets: a transfer that ends
 //!   before the listed size, or goes on past it, is an error, never short or wrong data;
+//! - bytes of a copy are only joined to bytes of another copy after the splice check passed
+//!   (hashes where offered, and the overlap always); copies known to differ are never joined;
 //! - reads past the listed size return nothing (the size is known from the listing);
 //! - memory per open file is bounded by [`KEEP_BYTES`] plus one chunk in flight;
 //! - every wait is bounded: network calls by `--timeout`, waits for another thread's chunk by
@@ -24,7 +35,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, ByteStream, Priority};
+use crate::circle::mirrors::Mirrors;
 use crate::error::{Error, Kind, Result};
+use crate::workers::Workers;
 
 /// Unit of network reads and of the buffer. 1 MiB matches the largest FUSE read (256 pages
 /// with FUSE_MAX_PAGES), so a sequential request is usually served by one chunk.
@@ -38,9 +51,16 @@ const KEEP_BYTES: usize = READAHEAD as usize + 8 * 1024 * 1024;
 /// A request this far ahead of the stream is reached by reading forward: at any plausible
 /// link speed reading 4 MiB costs less than the 3+ round trips of ABOR, REST and RETR.
 const SKIP_FORWARD: u64 = 4 * 1024 * 1024;
-/// Files larger than this get a read-ahead pump thread; smaller ones arrive in a chunk or two
-/// and a thread would cost more than it saves.
+/// Files larger than this get read-ahead; smaller ones arrive in a chunk or two and a job
+/// would cost more than it saves.
 const PUMP_MIN_SIZE: u64 = 2 * CHUNK as u64;
+/// Chunks one read-ahead job pulls before it gives its worker to the next open file: 4 MiB
+/// keeps the per-job overhead negligible and lets a few workers serve many big open files.
+const PUMP_TURN_CHUNKS: usize = 4;
+/// Bytes compared at a splice: 4 KiB is one page of the file, a few microseconds on the wire,
+/// and two different builds of a file agree on 4 KiB of the same place only by accident
+/// (headers aside, which is why the overlap ends right at the splice point when it can).
+pub const OVERLAP: usize = 4096;
 
 struct Active {
     server: usize,
@@ -137,20 +157,30 @@ struct State {
     chunks: Chunks,
     /// Servers that failed for this file since it was opened.
     failed: Vec<usize>,
+    /// Servers whose bytes of this file were received and agree with each other: the first one
+    /// to deliver, then every copy that passed the splice check.
+    agreed: Vec<usize>,
+    /// The last bytes received (up to OVERLAP) and their offset: what a new copy is checked
+    /// against at a splice.
+    witness: Option<(u64, Vec<u8>)>,
     /// Furthest byte any request asked for: the pump reads up to this plus READAHEAD.
     want_end: u64,
     closed: bool,
-    pump_started: bool,
+    /// A read-ahead job is queued or running for this file.
+    pump_running: bool,
     /// When a request last used this file (for the idle reaper).
     last_read: Option<Instant>,
 }
 
 struct Shared {
     backend: Arc<dyn Backend>,
+    /// Where read-ahead jobs run (shared by all open files).
+    pumps: Arc<Workers>,
     path: Vec<u8>,
     size: u64,
     sources: Vec<usize>,
     max_wait: Duration,
+    mirrors: Arc<Mirrors>,
     st: Mutex<State>,
     cv: Condvar,
 }
@@ -160,23 +190,29 @@ pub struct OpenFile {
     shared: Arc<Shared>,
 }
 
+/// What every open file of a mount shares.
+pub struct Context {
+    pub backend: Arc<dyn Backend>,
+    /// Where read-ahead jobs run.
+    pub pumps: Arc<Workers>,
+    /// Copies found different, file hashes.
+    pub mirrors: Arc<Mirrors>,
+    /// Upper bound for waiting on another request's chunk.
+    pub max_wait: Duration,
+}
+
 impl OpenFile {
-    pub fn new(
-        backend: Arc<dyn Backend>,
-        ino: u64,
-        path: Vec<u8>,
-        size: u64,
-        sources: Vec<usize>,
-        max_wait: Duration,
-    ) -> Self {
+    pub fn new(ctx: &Context, ino: u64, path: Vec<u8>, size: u64, sources: Vec<usize>) -> Self {
         OpenFile {
             ino,
             shared: Arc::new(Shared {
-                backend,
+                backend: Arc::clone(&ctx.backend),
+                pumps: Arc::clone(&ctx.pumps),
                 path,
                 size,
                 sources,
-                max_wait,
+                max_wait: ctx.max_wait,
+                mirrors: Arc::clone(&ctx.mirrors),
                 st: Mutex::new(State::default()),
                 cv: Condvar::new(),
             }),
@@ -207,16 +243,7 @@ impl OpenFile {
         let mut st = sh.lock();
         st.want_end = st.want_end.max(end);
         st.last_read = Some(Instant::now());
-        if sh.size > PUMP_MIN_SIZE && !st.pump_started {
-            st.pump_started = true;
-            let pump = Arc::clone(sh);
-            if let Err(e) = std::thread::Builder::new()
-                .name("ftpc-readahead".into())
-                .spawn(move || pump.pump())
-            {
-                log::debug!("no read-ahead thread: {e}");
-            }
-        }
+        sh.kick_pump(&mut st);
         // Every turn copies buffered bytes, pulls a chunk, opens a stream (a failure marks a
         // server failed, and `open_at` fails once all have) or waits with the deadline.
         while out.len() < want {
@@ -252,6 +279,8 @@ impl OpenFile {
             }
         }
         // Data was consumed: the pump may read further ahead now.
+        sh.kick_pump(&mut st);
+        drop(st);
         sh.cv.notify_all();
         Ok(Data::Owned(out))
     }
@@ -287,6 +316,40 @@ impl OpenFile {
     }
 }
 
+/// What a new copy is checked against (a snapshot of the state, taken with the lock).
+struct Splice {
+    agreed: Vec<usize>,
+    witness: Option<(u64, Vec<u8>)>,
+}
+
+impl Splice {
+    /// The witness a copy on `server` must match before it serves bytes, if it is a splice.
+    fn needs_check(&self, server: usize) -> Option<(u64, &[u8])> {
+        if self.agreed.is_empty() || self.agreed.contains(&server) {
+            return None;
+        }
+        self.witness.as_ref().map(|(off, w)| (*off, &w[..]))
+    }
+}
+
+impl State {
+    /// Remember the last bytes received as the witness for a later splice; bytes that continue
+    /// the current witness extend it (up to OVERLAP).
+    fn note_witness(&mut self, start: u64, data: &[u8]) {
+        let tail = &data[data.len().saturating_sub(OVERLAP)..];
+        let tail_off = start + (data.len() - tail.len()) as u64;
+        match &mut self.witness {
+            Some((off, w)) if tail.len() < OVERLAP && *off + w.len() as u64 == start => {
+                w.extend_from_slice(tail);
+                let cut = w.len().saturating_sub(OVERLAP);
+                w.drain(..cut);
+                *off += cut as u64;
+            }
+            _ => self.witness = Some((tail_off, tail.to_vec())),
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
@@ -318,6 +381,10 @@ impl Shared {
         let mut st = self.lock();
         st.busy = false;
         if !data.is_empty() {
+            if st.agreed.is_empty() {
+                st.agreed.push(active.server);
+            }
+            st.note_witness(start, &data);
             // Keep what arrived even if the transfer broke: the next copy resumes right here.
             st.chunks.push(start, data);
         }
@@ -359,18 +426,25 @@ impl Shared {
     ) -> Result<MutexGuard<'a, State>> {
         let old = st.active.take();
         let failed = st.failed.clone();
+        let splice = Splice {
+            agreed: st.agreed.clone(),
+            witness: st.witness.clone(),
+        };
         st.busy = true;
         drop(st);
         if let Some(a) = old {
             a.stream.abort();
         }
-        let res = self.open_at(&failed, offset);
+        let res = self.open_at(&failed, offset, &splice);
         let mut st = self.lock();
         st.busy = false;
         self.cv.notify_all();
         match res {
             Ok((active, newly_failed)) => {
                 st.failed.extend(newly_failed);
+                if !st.agreed.is_empty() && !st.agreed.contains(&active.server) {
+                    st.agreed.push(active.server);
+                }
                 st.active = Some(active);
                 Ok(st)
             }
@@ -382,28 +456,37 @@ impl Shared {
         }
     }
 
-    /// Open a stream at `offset` from the first source by priority that has not failed. A
-    /// server without REST is skipped while another copy can start at the offset; if none can,
-    /// the first such server is read from the start and the bytes before `offset` discarded.
-    fn open_at(&self, failed: &[usize], offset: u64) -> Result<(Active, Vec<usize>)> {
+    /// Open a stream at `offset` from the first source by priority that has not failed and is
+    /// not known to differ from the copies already read. A server without REST is skipped while
+    /// another copy can start at the offset; if none can, the first such server is read from
+    /// the start and the bytes before `offset` discarded.
+    ///
+    /// A copy other than those already read must pass the splice check first: then the stream
+    /// returned starts at the end of the witness bytes, not at `offset` (the caller reads
+    /// forward or opens again, from a copy that now agrees).
+    fn open_at(
+        &self,
+        failed: &[usize],
+        offset: u64,
+        splice: &Splice,
+    ) -> Result<(Active, Vec<usize>)> {
         let mut newly_failed = Vec::new();
         let mut no_rest = Vec::new();
         let mut last_err = None;
-        for &server in self.sources.iter().filter(|s| !failed.contains(s)) {
-            match self
-                .backend
-                .open(server, &self.path, offset, Priority::Foreground)
-            {
-                Ok(stream) => {
-                    let active = Active {
-                        server,
-                        stream,
-                        pos: offset,
-                        no_rest: false,
-                    };
-                    return Ok((active, newly_failed));
-                }
+        let usable = self.sources.iter().copied().filter(|&s| {
+            !failed.contains(&s)
+                && !splice
+                    .agreed
+                    .iter()
+                    .any(|&a| a != s && self.mirrors.differ(&self.path, a, s))
+        });
+        for server in usable {
+            let check = splice.needs_check(server);
+            let at = check.map_or(offset, |(w_off, _)| w_off);
+            match self.open_checked(server, at, false, check, &splice.agreed) {
+                Ok(active) => return Ok((active, newly_failed)),
                 Err(e) if e.kind == Kind::NoRest => no_rest.push(server),
+                Err(e) if e.kind == Kind::Mismatch => return Err(e),
                 Err(e) => {
                     log::warn!("{}: {e}", self.display());
                     newly_failed.push(server);
@@ -412,24 +495,15 @@ impl Shared {
             }
         }
         for server in no_rest {
-            match self
-                .backend
-                .open(server, &self.path, 0, Priority::Foreground)
-            {
-                Ok(stream) => {
-                    log::debug!(
-                        "{}: {} has no REST: reading from the start up to {offset}",
-                        self.display(),
-                        self.backend.label(server)
-                    );
-                    let active = Active {
-                        server,
-                        stream,
-                        pos: 0,
-                        no_rest: true,
-                    };
-                    return Ok((active, newly_failed));
-                }
+            log::debug!(
+                "{}: {} has no REST: reading from the start up to {offset}",
+                self.display(),
+                self.backend.label(server)
+            );
+            let check = splice.needs_check(server);
+            match self.open_checked(server, 0, true, check, &splice.agreed) {
+                Ok(active) => return Ok((active, newly_failed)),
+                Err(e) if e.kind == Kind::Mismatch => return Err(e),
                 Err(e) => {
                     newly_failed.push(server);
                     last_err = Some(e);
@@ -444,21 +518,126 @@ impl Shared {
         }))
     }
 
-    /// Read-ahead for one big open file: keep the transfer busy up to READAHEAD past the
-    /// furthest requested byte. Never opens or restarts transfers (the requests do that);
-    /// ends when the file is closed.
+    /// More to read ahead: the transfer is open and not yet READAHEAD past the furthest
+    /// requested byte.
+    fn ahead_due(&self, st: &State) -> bool {
+        st.active
+            .as_ref()
+            .is_some_and(|a| a.pos < self.size && a.pos < st.want_end.saturating_add(READAHEAD))
+    }
+
+    /// Queue a read-ahead job for a big file if there is work and none is queued already.
+    fn kick_pump(self: &Arc<Self>, st: &mut State) {
+        if self.size > PUMP_MIN_SIZE && !st.pump_running && !st.closed && self.ahead_due(st) {
+            st.pump_running = true;
+            let sh = Arc::clone(self);
+            self.pumps.spawn(move || sh.pump());
+        }
+    }
+
+    /// Open a stream from `server` at `at`; for a splice (`check`: the witness offset and
+    /// bytes), check the copy before handing the stream out.
+    fn open_checked(
+        &self,
+        server: usize,
+        at: u64,
+        no_rest: bool,
+        check: Option<(u64, &[u8])>,
+        agreed: &[usize],
+    ) -> Result<Active> {
+        let stream = self
+            .backend
+            .open(server, &self.path, at, Priority::Foreground)?;
+        let mut active = Active {
+            server,
+            stream,
+            pos: at,
+            no_rest,
+        };
+        if let Some((w_off, witness)) = check
+            && let Err(e) = self.check_splice(&mut active, agreed, w_off, witness)
+        {
+            active.stream.abort();
+            return Err(e);
+        }
+        Ok(active)
+    }
+
+    /// The splice check of a new copy, whose stream `active` starts at or before `w_off`:
+    /// hashes where both servers offer one, then the bytes at `w_off` must be `witness`.
+    /// Leaves the stream right after the witness. A mismatch marks the copies different.
+    fn check_splice(
+        &self,
+        active: &mut Active,
+        agreed: &[usize],
+        w_off: u64,
+        witness: &[u8],
+    ) -> Result<()> {
+        let server = active.server;
+        let mismatch = |how: &str| {
+            for &a in agreed {
+                self.mirrors.mark_different(&self.path, a, server);
+            }
+            let first = agreed.first().map_or("?", |&a| self.backend.label(a));
+            let msg = format!(
+                "{}: the copies on {first} and {} differ ({how}): not joining them; \
+                 they are no longer treated as mirrors",
+                self.display(),
+                self.backend.label(server)
+            );
+            log::warn!("{msg}");
+            Err(Error::new(Kind::Mismatch, msg))
+        };
+        if let Some(&a) = agreed.first()
+            && self
+                .mirrors
+                .compare_by_hash(self.backend.as_ref(), &self.path, self.size, a, server)
+                == Some(false)
+        {
+            return mismatch("different hashes");
+        }
+        // Bounded by the file size: each turn reads at least one byte or fails.
+        let mut buf = Vec::new();
+        while active.pos < w_off {
+            buf.resize(CHUNK.min((w_off - active.pos) as usize), 0);
+            let (data, res) = read_chunk(active, self.size, buf);
+            res?;
+            buf = data;
+        }
+        let (got, res) = read_chunk(active, self.size, vec![0u8; witness.len()]);
+        res?;
+        if got != witness {
+            return mismatch(&format!(
+                "{} bytes before the splice at byte {} are not the same",
+                witness.len(),
+                w_off + witness.len() as u64
+            ));
+        }
+        log::info!(
+            "{}: continuing on {} from byte {} (the last {} bytes agree)",
+            self.display(),
+            self.backend.label(server),
+            active.pos,
+            witness.len()
+        );
+        Ok(())
+    }
+
+    /// One read-ahead turn for one big open file: pull up to PUMP_TURN_CHUNKS chunks while
+    /// the transfer is behind READAHEAD past the furthest requested byte, then queue another
+    /// turn behind other files' if there is more. Never opens or restarts transfers (the
+    /// requests do that); a request that is pulling itself ends the turn.
     fn pump(self: Arc<Self>) {
         let mut st = self.lock();
-        while !st.closed {
-            let ahead_ok = st.active.as_ref().is_some_and(|a| {
-                a.pos < self.size && a.pos < st.want_end.saturating_add(READAHEAD)
-            });
-            if ahead_ok && !st.busy {
-                st = self.pull(st);
-            } else {
-                // Woken by requests and pulls; the timeout only rechecks `closed`.
-                st = self.wait(st, Instant::now() + Duration::from_secs(1));
+        for _ in 0..PUMP_TURN_CHUNKS {
+            if st.closed || st.busy || !self.ahead_due(&st) {
+                break;
             }
+            st = self.pull(st);
+        }
+        st.pump_running = false;
+        if !st.busy {
+            self.kick_pump(&mut st);
         }
     }
 }
@@ -518,4 +697,32 @@ fn read_chunk(active: &mut Active, size: u64, mut buf: Vec<u8>) -> (Vec<u8>, Res
     buf.truncate(got);
     active.pos += got as u64;
     (buf, res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_witness_is_the_last_bytes_received() {
+        let mut st = State::default();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        st.note_witness(0, &data);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!((off, w.len()), (10_000 - OVERLAP as u64, OVERLAP));
+        assert_eq!(w, &data[10_000 - OVERLAP..]);
+        // Small pieces that continue it slide it forward, keeping OVERLAP bytes.
+        st.note_witness(10_000, &[1, 2, 3]);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!(off, 10_003 - OVERLAP as u64);
+        assert_eq!(w.len(), OVERLAP);
+        assert_eq!(&w[OVERLAP - 3..], &[1, 2, 3]);
+        assert_eq!(&w[..OVERLAP - 3], &data[10_003 - OVERLAP..]);
+        // A piece elsewhere (after a seek) starts a new witness, however short.
+        st.note_witness(50_000, &[9; 10]);
+        assert_eq!(st.witness, Some((50_000, vec![9; 10])));
+        st.note_witness(50_010, &[8; 5]);
+        let (off, w) = st.witness.clone().unwrap();
+        assert_eq!((off, w.len()), (50_000, 15));
+    }
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::*;
-use crate::backend::ByteStream;
-use crate::ftp::listing::{EntryKind, RawEntry};
+use crate::backend::{ByteStream, HashAlgo, LinkTargets};
+use crate::backend::{EntryKind, RawEntry};
 
 #[derive(Default)]
 struct MockServer {
@@ -17,16 +17,33 @@ struct MockServer {
     drop_after: Option<usize>,
     no_rest: bool,
     down: bool,
+    /// Directory -> its `ls -l` symlink targets (name, target), for listings that name
+    /// symlinks without target (proftpd's MLSD).
+    link_targets: HashMap<Vec<u8>, LinkTargets>,
+    /// Hash algorithms offered ([`HashAlgo::bit`]s).
+    hash_algos: u8,
 }
+
+type Listings = HashMap<(usize, Vec<u8>), Vec<RawEntry>>;
 
 #[derive(Default)]
 struct Mock {
     servers: Vec<MockServer>,
     lists: Mutex<HashMap<(usize, Vec<u8>), usize>>,
+    /// Listings that replace `MockServer::dirs` (for servers whose tree changes).
+    changed: Mutex<Listings>,
     opens: Mutex<Vec<(usize, u64)>>,
+    /// (server, directory) of every `symlink_targets` call.
+    target_lists: Mutex<Vec<(usize, Vec<u8>)>>,
+    /// (server, path) of every hash asked.
+    hashes: Mutex<Vec<(usize, Vec<u8>)>>,
 }
 
 impl Mock {
+    fn change(&self, s: usize, path: &str, entries: Vec<RawEntry>) {
+        let mut c = self.changed.lock().unwrap();
+        c.insert((s, path.as_bytes().to_vec()), entries);
+    }
     fn lists_of(&self, s: usize, path: &[u8]) -> usize {
         let l = self.lists.lock().unwrap();
         l.get(&(s, path.to_vec())).copied().unwrap_or(0)
@@ -87,7 +104,34 @@ impl Backend for Mock {
         if srv.down {
             return Err(Error::new(Kind::Timeout, "timed out"));
         }
+        if let Some(l) = self.changed.lock().unwrap().get(&(s, path.to_vec())) {
+            return Ok(l.clone());
+        }
         srv.dirs.get(path).cloned().ok_or_else(Error::not_found)
+    }
+    fn hash_algos(&self, s: usize) -> u8 {
+        self.servers[s].hash_algos
+    }
+    fn hash(&self, s: usize, path: &[u8], algo: HashAlgo, _prio: Priority) -> Result<Vec<u8>> {
+        self.hashes.lock().unwrap().push((s, path.to_vec()));
+        let srv = &self.servers[s];
+        if srv.down || srv.hash_algos & algo.bit() == 0 {
+            return Err(Error::new(Kind::Protocol, "no hash"));
+        }
+        let data = srv.files.get(path).ok_or_else(Error::not_found)?;
+        // Not a real SHA-256: any function of all the bytes serves the test (FNV-1a).
+        let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        Ok(format!("{h:016x}").into_bytes())
+    }
+    fn symlink_targets(&self, s: usize, path: &[u8], _prio: Priority) -> Result<LinkTargets> {
+        self.target_lists.lock().unwrap().push((s, path.to_vec()));
+        let srv = &self.servers[s];
+        if srv.down {
+            return Err(Error::new(Kind::Timeout, "timed out"));
+        }
+        Ok(srv.link_targets.get(path).cloned().unwrap_or_default())
     }
     fn open(
         &self,
@@ -119,6 +163,7 @@ fn file(name: &str, size: usize) -> RawEntry {
         kind: EntryKind::File,
         size: size as u64,
         mtime: None,
+        mtime_precision: Default::default(),
     }
 }
 fn dir(name: &str) -> RawEntry {
@@ -127,6 +172,7 @@ fn dir(name: &str) -> RawEntry {
         kind: EntryKind::Dir,
         size: 0,
         mtime: None,
+        mtime_precision: Default::default(),
     }
 }
 
@@ -177,7 +223,7 @@ fn two_servers() -> Mock {
 }
 
 fn read_all(c: &Circle, ino: u64) -> Result<Vec<u8>> {
-    let (fh, _) = c.open(ino)?;
+    let (fh, _) = c.open(ino, libc::O_RDONLY)?;
     let mut out = Vec::new();
     // Bounded by the file size: each turn reads at least one byte or ends.
     loop {
@@ -295,7 +341,7 @@ fn no_rest_reads_forward_from_the_start() {
     let (mock, c) = circle(m, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let big = c.lookup(pub_, b"big.bin").unwrap().ino;
-    let (fh, _) = c.open(big).unwrap();
+    let (fh, _) = c.open(big, libc::O_RDONLY).unwrap();
     let got = c.read(fh, 2_000_000, 1000).unwrap();
     assert_eq!(got.as_slice(), &expected[2_000_000..2_001_000]);
     c.release(fh);
@@ -311,7 +357,7 @@ fn no_rest_prefers_a_copy_that_can_resume() {
     let (mock, c) = circle(m, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let big = c.lookup(pub_, b"big.bin").unwrap().ino;
-    let (fh, _) = c.open(big).unwrap();
+    let (fh, _) = c.open(big, libc::O_RDONLY).unwrap();
     let got = c.read(fh, 2_500_000, 1000).unwrap();
     assert_eq!(got.as_slice(), &expected[2_500_000..2_501_000]);
     let opens = mock.opens.lock().unwrap().clone();
@@ -350,12 +396,13 @@ fn absolute_symlinks_point_inside_the_mount() {
             kind: EntryKind::Symlink(b"/pub/a".to_vec()),
             size: 6,
             mtime: None,
+            mtime_precision: Default::default(),
         });
     let (_mock, c) = circle(m, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let ln = c.lookup(pub_, b"ln").unwrap();
     assert_eq!(ln.kind, FileKind::Symlink);
-    assert_eq!(c.readlink(ln.ino).unwrap(), b"../pub/a");
+    assert_eq!(c.readlink(ln.ino).unwrap(), b"a");
 }
 
 #[test]
@@ -363,10 +410,470 @@ fn keep_cache_only_after_an_open_of_the_same_version() {
     let (_mock, c) = circle(two_servers(), Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     let a = c.lookup(pub_, b"a").unwrap().ino;
-    let (fh, keep) = c.open(a).unwrap();
+    let (fh, keep) = c.open(a, libc::O_RDONLY).unwrap();
     assert!(!keep, "first open: nothing cached yet");
     c.release(fh);
-    let (fh, keep) = c.open(a).unwrap();
+    let (fh, keep) = c.open(a, libc::O_RDONLY).unwrap();
     assert!(keep, "same size and mtime: keep the kernel's pages");
     c.release(fh);
+}
+
+fn link(name: &str, target: &str) -> RawEntry {
+    RawEntry {
+        kind: EntryKind::Symlink(target.into()),
+        ..file(name, 0)
+    }
+}
+
+/// proftpd: MLSD names symlinks without target; its `ls -l` listing gives them.
+fn proftpd_like() -> Mock {
+    let mut s0 = MockServer::default();
+    s0.dirs.insert(
+        b"".to_vec(),
+        vec![dir("pub"), dir("plain"), link("top", "")],
+    );
+    s0.dirs.insert(
+        b"pub".to_vec(),
+        vec![
+            file("f", 1),
+            link("rel", ""),
+            link("abs", ""),
+            link("evil", ""),
+            link("lost", ""),
+            link("given", "f"),
+        ],
+    );
+    s0.dirs.insert(b"plain".to_vec(), vec![file("x", 1)]);
+    // As proftpd's STAT gives them: with targets, and with the links its MLSD left out.
+    s0.link_targets.insert(
+        b"pub".to_vec(),
+        vec![
+            link("rel", "f"),
+            link("abs", "/pub/f"),
+            link("evil", "../../../../../../etc/passwd"),
+            link("given", "other"),
+            link("dangling", "nowhere"),
+            link("f", "a file in MLSD: not taken from here"),
+        ],
+    );
+    s0.link_targets
+        .insert(b"".to_vec(), vec![link("top", "pub")]);
+    Mock {
+        servers: vec![s0],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn symlinks_without_target_are_resolved_with_one_listing_per_directory() {
+    let (mock, c) = circle(proftpd_like(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, ROOT), ["plain", "pub", "top"]);
+    assert_eq!(
+        names(&c, pub_),
+        ["abs", "dangling", "evil", "f", "given", "rel"]
+    );
+    let target = |name: &[u8]| {
+        let a = c.lookup(pub_, name).unwrap();
+        assert_eq!(a.kind, FileKind::Symlink, "{name:?}");
+        assert_eq!(a.size, c.readlink(a.ino).unwrap().len() as u64);
+        String::from_utf8(c.readlink(a.ino).unwrap()).unwrap()
+    };
+    assert_eq!(target(b"rel"), "f");
+    assert_eq!(target(b"abs"), "f");
+    assert_eq!(target(b"evil"), "../etc/passwd", "stays inside the mount");
+    assert_eq!(target(b"given"), "f", "a target MLSD gave is kept");
+    assert_eq!(
+        target(b"dangling"),
+        "nowhere",
+        "a link MLSD left out is added"
+    );
+    assert_eq!(c.lookup(pub_, b"f").unwrap().kind, FileKind::File);
+    // Unresolvable: left out, never a file that gives EIO.
+    assert_eq!(c.lookup(pub_, b"lost").unwrap_err().kind, Kind::NotFound);
+    let top = c.lookup(ROOT, b"top").unwrap();
+    assert_eq!(c.readlink(top.ino).unwrap(), b"pub");
+    // Cached like the listing: more lookups and readdirs cost nothing.
+    for _ in 0..5 {
+        names(&c, pub_);
+        target(b"rel");
+    }
+    let calls = mock.target_lists.lock().unwrap().clone();
+    assert_eq!(calls, [(0, b"".to_vec()), (0, b"pub".to_vec())]);
+    // A directory whose listing has every target costs no extra listing.
+    let plain = c.lookup(ROOT, b"plain").unwrap().ino;
+    assert_eq!(names(&c, plain), ["x"]);
+    assert_eq!(mock.lists_of(0, b"plain"), 1);
+    assert_eq!(mock.target_lists.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn symlink_targets_are_fetched_again_with_the_listing() {
+    let (mock, c) = circle(proftpd_like(), Duration::ZERO);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    for _ in 0..3 {
+        names(&c, pub_);
+    }
+    let lists = mock.lists_of(0, b"pub");
+    let targets = mock
+        .target_lists
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| p == b"pub")
+        .count();
+    assert_eq!(targets, lists, "one target listing per listing, no more");
+}
+
+#[test]
+fn errors_carry_the_errno_posix_tools_expect() {
+    let (_mock, c) = circle(two_servers(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    let errno = |r: Result<()>| r.unwrap_err().errno();
+    // A path through a file.
+    assert_eq!(errno(c.lookup(a, b"x").map(drop)), libc::ENOTDIR);
+    assert_eq!(errno(c.readdir(a).map(drop)), libc::ENOTDIR);
+    // A directory opened as a file.
+    assert_eq!(errno(c.open(pub_, libc::O_RDONLY).map(drop)), libc::EISDIR);
+    // A handle never given out, or released.
+    assert_eq!(errno(c.read(9999, 0, 10).map(drop)), libc::EBADF);
+    let (fh, _) = c.open(a, libc::O_RDONLY).unwrap();
+    c.release(fh);
+    assert_eq!(errno(c.read(fh, 0, 10).map(drop)), libc::EBADF);
+    // A name that does not exist, and readlink of a file.
+    assert_eq!(errno(c.lookup(pub_, b"nope").map(drop)), libc::ENOENT);
+    assert_eq!(errno(c.readlink(a).map(drop)), libc::EINVAL);
+}
+
+#[test]
+fn two_hundred_servers_merge_and_the_last_one_serves_its_file() {
+    let n = 200;
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let mut s = MockServer::default();
+        let mut pub_ = vec![file("common", 3)];
+        if i == n - 1 {
+            pub_.push(file("only-last", 4));
+            s.files.insert(b"pub/only-last".to_vec(), b"last".to_vec());
+        }
+        s.dirs.insert(b"".to_vec(), vec![dir("pub")]);
+        s.dirs.insert(b"pub".to_vec(), pub_);
+        s.files.insert(b"pub/common".to_vec(), b"abc".to_vec());
+        servers.push(s);
+    }
+    let (mock, c) = circle(
+        Mock {
+            servers,
+            ..Default::default()
+        },
+        Duration::from_secs(60),
+    );
+    assert!(c.check_servers().is_empty());
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["common", "only-last"]);
+    for s in [0, 64, 150, n - 1] {
+        assert_eq!(mock.lists_of(s, b"pub"), 1, "server {s} listed once");
+    }
+    let last = c.lookup(pub_, b"only-last").unwrap().ino;
+    assert_eq!(read_all(&c, last).unwrap(), b"last");
+    assert_eq!(mock.opens.lock().unwrap().last(), Some(&(n - 1, 0)));
+}
+
+fn one_server(root: Vec<RawEntry>, dirs: &[(&str, Vec<RawEntry>)]) -> Mock {
+    let mut s0 = MockServer::default();
+    s0.dirs.insert(b"".to_vec(), root);
+    for (p, e) in dirs {
+        s0.dirs.insert(p.as_bytes().to_vec(), e.clone());
+    }
+    Mock {
+        servers: vec![s0],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn forget_drops_nodes_that_left_their_listing_and_keeps_held_ones() {
+    let m = one_server(vec![dir("a")], &[("a", vec![file("x", 1)])]);
+    // TTL 0: every call lists again, so a change on the server shows at once.
+    let (mock, c) = circle(m, Duration::ZERO);
+    let gone = c.watch_gone();
+    let a = c.lookup(ROOT, b"a").unwrap().ino;
+    let x = c.lookup(a, b"x").unwrap().ino;
+    assert_eq!(c.inode_count(), 3);
+    mock.change(0, "", vec![dir("b")]);
+    assert_eq!(names(&c, ROOT), ["b"]);
+    // The adapter is told to invalidate the name the kernel still holds.
+    assert_eq!(gone.try_recv().ok(), Some((ROOT, b"a".to_vec())));
+    assert!(gone.try_recv().is_err(), "x did not leave its listing");
+    // `a` left the listing but the kernel holds it (and `x`): both stay, same numbers.
+    assert_eq!(c.inode_count(), 4);
+    assert_eq!(c.getattr(a).unwrap().ino, a);
+    assert_eq!(c.getattr(x).unwrap().kind, FileKind::File);
+    c.forget(x, 1);
+    assert_eq!(c.inode_count(), 4, "a is still held, so its subtree stays");
+    c.forget(a, 1);
+    assert_eq!(c.inode_count(), 2, "root and b");
+    assert_eq!(c.getattr(a).unwrap_err().kind, Kind::NotFound);
+    assert_eq!(c.getattr(x).unwrap_err().kind, Kind::NotFound);
+    // A node still listed is never dropped by forget; its number stays.
+    let b = c.lookup(ROOT, b"b").unwrap().ino;
+    c.forget(b, 1);
+    assert_eq!(c.lookup(ROOT, b"b").unwrap().ino, b);
+    assert_eq!(c.inode_count(), 2);
+}
+
+#[test]
+fn a_server_renaming_directories_in_a_loop_keeps_the_table_flat() {
+    let m = one_server(vec![dir("d0")], &[]);
+    let (mock, c) = circle(m, Duration::ZERO);
+    for i in 0..200 {
+        let name = format!("d{i}");
+        mock.change(0, &name, vec![file("f", 1), dir("sub")]);
+        let d = c.lookup(ROOT, name.as_bytes()).unwrap().ino;
+        let f = c.lookup(d, b"f").unwrap().ino;
+        assert_eq!(names(&c, d), ["f", "sub"]);
+        // The kernel lets go; then the server renames the directory.
+        c.forget(f, 1);
+        c.forget(d, 1);
+        mock.change(0, "", vec![dir(&format!("d{}", i + 1))]);
+        assert_eq!(names(&c, ROOT).len(), 1);
+        assert!(c.inode_count() <= 5, "turn {i}: {} nodes", c.inode_count());
+    }
+}
+
+#[test]
+fn readdirplus_entries_are_references_and_plain_readdir_ones_are_not() {
+    let m = one_server(vec![dir("a"), file("f", 1)], &[("a", vec![])]);
+    let (mock, c) = circle(m, Duration::ZERO);
+    let fh = c.opendir(ROOT).unwrap();
+    let mut got = Vec::new();
+    c.readdir_at(fh, 0, true, |next, e| {
+        got.push((
+            next,
+            String::from_utf8_lossy(&e.name).into_owned(),
+            e.attr.ino,
+        ));
+        false
+    })
+    .unwrap();
+    c.releasedir(fh);
+    let listed: Vec<&str> = got.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(listed, [".", "..", "a", "f"]);
+    assert_eq!((got[0].2, got[1].2), (ROOT, ROOT));
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let a = got[2].2;
+    // Resuming at an offset skips what was handed out.
+    let fh = c.opendir(ROOT).unwrap();
+    let mut rest = Vec::new();
+    c.readdir_at(fh, 3, false, |_, e| {
+        rest.push(e.name.clone());
+        false
+    })
+    .unwrap();
+    assert_eq!(rest, [b"f".to_vec()]);
+    // A full reply stops the walk, and only what was added counts.
+    mock.change(0, "", vec![]);
+    assert!(names(&c, ROOT).is_empty());
+    assert_eq!(c.getattr(a).unwrap().ino, a, "held through readdirplus");
+    c.forget(a, 1);
+    assert_eq!(c.getattr(a).unwrap_err().kind, Kind::NotFound);
+    assert_eq!(
+        c.readdir_at(fh, 0, false, |_, _| true).map(|_| ()),
+        Ok(()),
+        "the open handle still has its snapshot"
+    );
+    c.releasedir(fh);
+    let e = c.readdir_at(fh, 0, false, |_, _| false).unwrap_err();
+    assert_eq!(e.errno(), libc::EBADF);
+}
+
+#[test]
+fn opening_for_writing_is_erofs_and_dot_dot_of_a_subdirectory_is_its_parent() {
+    let (_, c) = circle(two_servers(), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_WRONLY | libc::O_TRUNC] {
+        assert_eq!(c.open(a, flags).unwrap_err().errno(), libc::EROFS);
+    }
+    assert!(c.open(a, libc::O_RDONLY).is_ok());
+    let fh = c.opendir(pub_).unwrap();
+    let mut dots = Vec::new();
+    c.readdir_at(fh, 0, false, |_, e| {
+        dots.push((e.name.clone(), e.attr.ino, e.attr.kind));
+        dots.len() == 2
+    })
+    .unwrap();
+    assert_eq!(
+        dots,
+        [
+            (b".".to_vec(), pub_, FileKind::Dir),
+            (b"..".to_vec(), ROOT, FileKind::Dir)
+        ]
+    );
+    assert_eq!(
+        c.read(9999, 0, 1).err().map(|e| e.errno()),
+        Some(libc::EBADF)
+    );
+}
+
+/// Two servers with `pub/x.bin` of the same size: s0's copy is `x`, s1's is `other`; s0's
+/// transfers break after 1 MB.
+fn two_copies(x: Vec<u8>, other: Vec<u8>) -> Mock {
+    assert_eq!(x.len(), other.len());
+    let mut m = Mock::default();
+    for (i, data) in [x, other].into_iter().enumerate() {
+        let mut srv = MockServer::default();
+        srv.dirs.insert(b"".to_vec(), vec![dir("pub")]);
+        srv.dirs
+            .insert(b"pub".to_vec(), vec![file("x.bin", data.len())]);
+        srv.files.insert(b"pub/x.bin".to_vec(), data);
+        if i == 0 {
+            srv.drop_after = Some(1_000_000);
+        }
+        m.servers.push(srv);
+    }
+    m
+}
+
+/// Read the whole file in 128 KiB requests; what arrived and how it ended.
+fn read_until_error(c: &Circle, ino: u64) -> (Vec<u8>, Result<()>) {
+    let (fh, _) = c.open(ino, libc::O_RDONLY).unwrap();
+    let mut out = Vec::new();
+    // Bounded by the file size: each turn reads at least one byte, ends or fails.
+    let res = loop {
+        match c.read(fh, out.len() as u64, 128 * 1024) {
+            Ok(d) if d.as_slice().is_empty() => break Ok(()),
+            Ok(d) => out.extend_from_slice(d.as_slice()),
+            Err(e) => break Err(e),
+        }
+    };
+    c.release(fh);
+    (out, res)
+}
+
+#[test]
+fn splicing_a_copy_checks_the_bytes_just_before_the_splice() {
+    let data = bytes(3_000_000, 7);
+    let (mock, c) = circle(
+        two_copies(data.clone(), data.clone()),
+        Duration::from_secs(60),
+    );
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), data);
+    let opens = mock.opens.lock().unwrap().clone();
+    assert_eq!(opens[0], (0, 0));
+    let on_s1: Vec<u64> = opens.iter().filter(|o| o.0 == 1).map(|o| o.1).collect();
+    assert_eq!(
+        on_s1,
+        [1_000_000 - reader::OVERLAP as u64],
+        "the mirror starts {} bytes before the splice: {opens:?}",
+        reader::OVERLAP
+    );
+}
+
+#[test]
+fn splicing_a_copy_with_other_bytes_fails_and_never_mixes() {
+    let data = bytes(3_000_000, 7);
+    let other = bytes(3_000_000, 8);
+    let (mock, c) = circle(two_copies(data.clone(), other), Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    let err = res.unwrap_err();
+    assert_eq!(
+        (err.kind, err.errno()),
+        (Kind::Mismatch, libc::EIO),
+        "{err}"
+    );
+    assert!(
+        got.len() <= 1_000_000 && data.starts_with(&got),
+        "{} bytes before the error, not all from the first copy",
+        got.len()
+    );
+    // Never mirrors again: the merge now hides s1's copy, reads never go there.
+    let before = mock.opens.lock().unwrap().len();
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert!(
+        res.is_err(),
+        "s0 still breaks after 1 MB and has no mirror now"
+    );
+    assert!(data.starts_with(&got));
+    let opens = mock.opens.lock().unwrap()[before..].to_vec();
+    assert!(opens.iter().all(|o| o.0 == 0), "{opens:?}");
+    assert!(c.mirrors.differ(b"pub/x.bin", 1, 0));
+}
+
+#[test]
+fn hashes_refute_copies_that_agree_at_the_splice() {
+    // The copies differ far from the splice: the overlap alone cannot tell.
+    let data = bytes(3_000_000, 7);
+    let mut other = data.clone();
+    other[2_500_000] ^= 1;
+    let sha = HashAlgo::Sha256.bit();
+    let mut m = two_copies(data.clone(), other.clone());
+    m.servers[0].hash_algos = sha | HashAlgo::Md5.bit();
+    m.servers[1].hash_algos = sha;
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert_eq!(res.unwrap_err().kind, Kind::Mismatch);
+    assert!(data.starts_with(&got));
+    let mut asked = mock.hashes.lock().unwrap().clone();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [(0, b"pub/x.bin".to_vec()), (1, b"pub/x.bin".to_vec())]
+    );
+
+    // Without a common algorithm the splice check is all there is, and a difference away
+    // from the splice point goes unseen (the documented limit).
+    let mut m = two_copies(data.clone(), other.clone());
+    m.servers[0].hash_algos = HashAlgo::Md5.bit();
+    m.servers[1].hash_algos = sha;
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), other);
+    assert!(mock.hashes.lock().unwrap().is_empty());
+}
+
+#[test]
+fn equal_hashes_are_asked_once_and_reused() {
+    let data = bytes(3_000_000, 7);
+    let mut m = two_copies(data.clone(), data.clone());
+    m.servers[0].hash_algos = HashAlgo::Sha1.bit();
+    m.servers[1].hash_algos = HashAlgo::Sha1.bit();
+    let (mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    for _ in 0..3 {
+        assert_eq!(read_all(&c, x).unwrap(), data);
+    }
+    assert_eq!(mock.hashes.lock().unwrap().len(), 2, "one per server");
+}
+
+#[test]
+fn a_splice_onto_a_copy_without_rest_reads_up_to_the_overlap() {
+    let data = bytes(3_000_000, 7);
+    let mut m = two_copies(data.clone(), data.clone());
+    m.servers[1].no_rest = true;
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    assert_eq!(read_all(&c, x).unwrap(), data);
+
+    let mut other = data.clone();
+    other[1_000_000 - 10] ^= 0xff;
+    let mut m = two_copies(data.clone(), other);
+    m.servers[1].no_rest = true;
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let x = c.lookup(pub_, b"x.bin").unwrap().ino;
+    let (got, res) = read_until_error(&c, x);
+    assert_eq!(res.unwrap_err().kind, Kind::Mismatch);
+    assert!(data.starts_with(&got));
 }

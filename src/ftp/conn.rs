@@ -2,7 +2,8 @@
 //!
 //! Owns: connecting with a timeout, explicit/implicit FTPS with certificate and host name
 //! verification, login, binary type, FEAT probing, passive mode (EPSV where offered, else PASV),
-//! listings (MLSD or LIST) and ranged RETR streams.
+//! listings (MLSD, STAT or LIST, from inside the directory with CWD where a server's `ls`
+//! could split or expand the path) and ranged RETR streams.
 //!
 //! Invariants:
 //! - every socket this module opens has connect, read and write timeouts;
@@ -10,7 +11,9 @@
 //!   after the greeting, implicit FTPS is TLS from the first byte);
 //! - names travel byte-faithfully: after login the connection uses [`ByteEncoding`], which maps
 //!   every byte to one `char` and back, so a latin-1 or UTF-8 name is sent exactly as listed;
-//! - the password is only ever passed to `login()`; no message built here contains it.
+//! - the password is only ever passed to `login()`; no message built here contains it;
+//! - every path sent is absolute (base paths start with `/`), so the working directory a
+//!   listing by CWD leaves behind never changes what a later command refers to.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -25,8 +28,9 @@ use suppaftp::{
     TlsConnector, TlsStream, TransferStream,
 };
 
+use crate::backend::HashAlgo;
 use crate::error::{Error, Kind, Result};
-use crate::ftp::listing::Format;
+use crate::ftp::listing::{self, Format};
 use crate::serverlist::{ServerSpec, Tls};
 
 /// Names the TLS stream type suppaftp uses for rustls (it is public but not exported by name).
@@ -73,6 +77,10 @@ pub struct Feats {
     pub utf8: bool,
     pub size: bool,
     pub mdtm: bool,
+    /// Algorithms of the `HASH` command ([`HashAlgo::bit`]s).
+    pub hash_cmd: u8,
+    /// Algorithms of proftpd mod_digest's `XSHA256`/`XSHA1`/`XMD5`/`XCRC` commands.
+    pub x_hash: u8,
 }
 
 /// Wraps suppaftp's rustls connector so every TLS socket (control and data) gets our timeouts.
@@ -191,7 +199,12 @@ impl Conn {
         ftp.transfer_type(FileType::Binary)
             .map_err(|e| ftp_err(label, "TYPE I", e))?;
         let feats = match ftp.feat() {
-            Ok(map) => parse_feats(map.keys().map(String::as_str), map.get("REST")),
+            Ok(map) => {
+                let mut f = parse_feats(map.keys().map(String::as_str), map.get("REST"));
+                (f.hash_cmd, f.x_hash) =
+                    hash_feats(map.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
+                f
+            }
             Err(_) => Feats::default(),
         };
         if feats.utf8 {
@@ -222,21 +235,30 @@ impl Conn {
     /// `find` 20 ms away from its servers takes a third of the time. A server that refuses
     /// STAT (5xx) is remembered and listed with LIST from then on.
     /// `allow_stat: false` forces MLSD/LIST (after a STAT reply too large to read).
+    ///
+    /// Many servers (GNU inetutils and netkit ftpd, wu-ftpd, NAS boxes) hand the argument of
+    /// LIST and STAT to `ls` as words and glob patterns: `LIST /pub/sub dir` lists `/pub/sub`
+    /// and `dir`. So without MLSD a path that such a server could split or expand
+    /// ([`list_from_inside`]), or any path when `from_inside` is set (the caller's retry after
+    /// a path listing that failed or gave nothing readable), is listed by `CWD <path>` and
+    /// `LIST` without argument. CWD takes its argument whole on every server we know; the
+    /// path is absolute, so BSD ftpd's `~` expansion of CWD arguments never applies. Every
+    /// other command sends absolute paths too, so the working directory left behind does
+    /// not matter.
     pub fn list_dir(
         &mut self,
         label: &str,
         path: &[u8],
         allow_stat: bool,
+        from_inside: bool,
     ) -> Result<(Format, Vec<Vec<u8>>)> {
         check_arg(label, path)?;
         let wire = bytes_to_wire(path);
         let what = || format!("listing {}", String::from_utf8_lossy(path));
-        let globby = path
-            .iter()
-            .any(|b| matches!(b, b'*' | b'?' | b'[' | b'{' | b'~'));
+        let inside = !self.feats.mlsd && (from_inside || list_from_inside(path));
         if allow_stat
             && !self.feats.mlsd
-            && !globby
+            && !inside
             && self.stat.load(Ordering::Relaxed) != STAT_REFUSED
             && let Some(lines) = self.stat_dir(label, &wire, &what)?
         {
@@ -244,8 +266,8 @@ impl Conn {
         }
         let (format, cmd) = if self.feats.mlsd {
             (Format::Mlsd, format!("MLSD {wire}"))
-        } else if globby {
-            // LIST arguments are globbed by many servers; CWD into such a directory instead.
+        } else if inside {
+            self.last_used = Instant::now();
             self.ftp
                 .cwd(&wire)
                 .map_err(|e| ftp_err(label, &what(), e))?;
@@ -283,6 +305,66 @@ impl Conn {
         Ok((format, lines))
     }
 
+    /// The `ls -l` listing of `path` (STAT where it works, else LIST), even on a server with
+    /// MLSD: the one listing that tells where symlinks point on servers whose MLSD does not.
+    pub fn list_dir_long(
+        &mut self,
+        label: &str,
+        path: &[u8],
+        allow_stat: bool,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mlsd = std::mem::replace(&mut self.feats.mlsd, false);
+        let res = self.list_dir(label, path, allow_stat, false);
+        self.feats.mlsd = mlsd;
+        res.map(|(_, lines)| lines)
+    }
+
+    /// The hash of the whole file `path` with `algo`, as lowercase hex: `OPTS HASH` + `HASH`
+    /// where offered (its reply `213 SHA-256 0-49 <hex> <name>`), else proftpd's X-command
+    /// (`250 <hex>`), only for names without spaces (its optional range arguments would make
+    /// a name with spaces ambiguous).
+    pub fn file_hash(&mut self, label: &str, path: &[u8], algo: HashAlgo) -> Result<Vec<u8>> {
+        check_arg(label, path)?;
+        let wire = bytes_to_wire(path);
+        let what = format!("{algo:?} of {}", String::from_utf8_lossy(path));
+        self.last_used = Instant::now();
+        let (reply, token) = if self.feats.hash_cmd & algo.bit() != 0 {
+            let opts = format!("OPTS HASH {}", hash_name(algo));
+            self.ftp
+                .custom_command(opts, &[Status::CommandOk])
+                .map_err(|e| ftp_err(label, &what, e))?;
+            let r = self
+                .ftp
+                .custom_command(format!("HASH {wire}"), &[Status::File])
+                .map_err(|e| ftp_err(label, &what, e))?;
+            (r.body, 2)
+        } else if self.feats.x_hash & algo.bit() != 0 && !path.contains(&b' ') {
+            let r = self
+                .ftp
+                .custom_command(
+                    format!("{} {wire}", x_command(algo)),
+                    &[Status::RequestedFileActionOk],
+                )
+                .map_err(|e| ftp_err(label, &what, e))?;
+            (r.body, 0)
+        } else {
+            return Err(Error::new(
+                Kind::Protocol,
+                format!("{label}: {what}: no hash command for it"),
+            ));
+        };
+        self.last_used = Instant::now();
+        parse_hash_reply(&reply, token, algo).ok_or_else(|| {
+            Error::new(
+                Kind::Protocol,
+                format!(
+                    "{label}: {what}: unreadable reply {:?}",
+                    String::from_utf8_lossy(reply.get(..200.min(reply.len())).unwrap_or(&[]))
+                ),
+            )
+        })
+    }
+
     /// `STAT <dir>`: the listing lines, or None if this server does not list with STAT.
     fn stat_dir(
         &mut self,
@@ -291,29 +373,29 @@ impl Conn {
         what: &dyn Fn() -> String,
     ) -> Result<Option<Vec<Vec<u8>>>> {
         self.last_used = Instant::now();
-        // Not 211 (`System`): suppaftp would read a FEAT-style reply and stop early.
+        // Not 211 (`System`) in the list: suppaftp would read a FEAT-style reply and stop
+        // early. A 211 reply comes back whole as "unexpected" instead.
         let res = self
             .ftp
             .custom_command(format!("STAT {wire}"), &[Status::Directory, Status::File]);
         match res {
             Ok(resp) => {
                 self.stat.store(STAT_WORKS, Ordering::Relaxed);
-                // First and last lines are the reply's own ("213-Status follows:", "213 End");
-                // continuation lines may be indented by one space (RFC 959).
-                let lines: Vec<&[u8]> = resp.body.split(|&b| b == b'\n').collect();
-                let inner = lines.get(1..lines.len().saturating_sub(2)).unwrap_or(&[]);
-                Ok(Some(
-                    inner
-                        .iter()
-                        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                        .map(|l| l.strip_prefix(b" ").unwrap_or(l))
-                        .filter(|l| !l.is_empty())
-                        .map(<[u8]>::to_vec)
-                        .collect(),
-                ))
+                Ok(Some(stat_lines(&resp.body)))
+            }
+            // BSD-derived servers (GNU inetutils, netkit, wu-ftpd) answer with 211 and the
+            // `ls -lgA` output. 211 is also the code of a general status reply, so the first
+            // one decides: if it reads as a listing, STAT lists on this server.
+            Err(FtpError::UnexpectedResponse(r))
+                if reply_code(r.status.code(), &String::from_utf8_lossy(&r.body)) == 211
+                    && (self.stat.load(Ordering::Relaxed) == STAT_WORKS
+                        || reads_as_listing(&stat_lines(&r.body))) =>
+            {
+                self.stat.store(STAT_WORKS, Ordering::Relaxed);
+                Ok(Some(stat_lines(&r.body)))
             }
             Err(FtpError::UnexpectedResponse(r)) => {
-                // Refused, or answered in a form we don't read (211): the reply was read whole,
+                // Refused, or a status reply that is no listing: the reply was read whole,
                 // so the connection is in step; use LIST from now on.
                 log::debug!(
                     "{label}: STAT gives no listing ({}); listing with LIST",
@@ -414,6 +496,43 @@ fn connect_any(ep: &Endpoint) -> Result<(SocketAddr, TcpStream)> {
     })
 }
 
+/// The listing lines of a STAT reply: the first and last lines are the reply's own
+/// ("213-Status follows:", "213 End"); continuation lines may be indented by one space
+/// (RFC 959).
+fn stat_lines(body: &[u8]) -> Vec<Vec<u8>> {
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let inner = lines.get(1..lines.len().saturating_sub(2)).unwrap_or(&[]);
+    inner
+        .iter()
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .map(|l| l.strip_prefix(b" ").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Lines that are a directory listing: at least one, and not all of them unreadable.
+fn reads_as_listing(lines: &[Vec<u8>]) -> bool {
+    let parsed = listing::parse_listing(lines, Format::List, std::time::SystemTime::now());
+    !lines.is_empty() && (!parsed.entries.is_empty() || parsed.skipped.is_empty())
+}
+
+/// Whether a LIST/STAT argument could be split or expanded by a server that passes it to
+/// `ls` (as words, options or glob patterns): anything but letters, digits, non-ASCII bytes
+/// and `/ . _ + , = @ % :` makes it so, and so does a `-` starting a component. Such a
+/// directory is listed from inside (CWD, then LIST without argument).
+pub fn list_from_inside(path: &[u8]) -> bool {
+    let odd_byte = |b: &u8| {
+        !(b.is_ascii_alphanumeric()
+            || *b >= 0x80
+            || matches!(
+                b,
+                b'/' | b'.' | b'_' | b'-' | b'+' | b',' | b'=' | b'@' | b'%' | b':'
+            ))
+    };
+    path.iter().any(odd_byte) || path.split(|&b| b == b'/').any(|c| c.starts_with(b"-"))
+}
+
 /// CR, LF and NUL in an argument would end the command early and inject another one.
 fn check_arg(label: &str, arg: &[u8]) -> Result<()> {
     if arg.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
@@ -444,6 +563,76 @@ pub fn parse_feats<'a>(
         f.rest_stream = v.to_ascii_uppercase().contains("STREAM");
     }
     f
+}
+
+/// The algorithms of the hash commands in FEAT, as (`HASH` algorithms, X-command algorithms):
+/// `HASH SHA-256*;SHA-1;MD5;CRC32` (draft-bryan-ftpext-hash; `*` marks the current one) and
+/// proftpd mod_digest's `XSHA256`, `XSHA1`, `XMD5`, `XCRC`.
+pub fn hash_feats<'a>(feats: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> (u8, u8) {
+    let (mut hash, mut x) = (0, 0);
+    for (key, value) in feats {
+        let key = key.trim().to_ascii_uppercase();
+        if key == "HASH" {
+            for name in value.unwrap_or("").split(';') {
+                let name = name.trim().trim_end_matches('*').to_ascii_uppercase();
+                if let Some(a) = HashAlgo::ALL.into_iter().find(|&a| hash_name(a) == name) {
+                    hash |= a.bit();
+                }
+            }
+        } else if let Some(a) = HashAlgo::ALL.into_iter().find(|&a| x_command(a) == key) {
+            x |= a.bit();
+        }
+    }
+    (hash, x)
+}
+
+/// The algorithm's name in `HASH` and `OPTS HASH`.
+fn hash_name(algo: HashAlgo) -> &'static str {
+    match algo {
+        HashAlgo::Sha256 => "SHA-256",
+        HashAlgo::Sha1 => "SHA-1",
+        HashAlgo::Md5 => "MD5",
+        HashAlgo::Crc32 => "CRC32",
+    }
+}
+
+/// proftpd mod_digest's command for the algorithm.
+fn x_command(algo: HashAlgo) -> &'static str {
+    match algo {
+        HashAlgo::Sha256 => "XSHA256",
+        HashAlgo::Sha1 => "XSHA1",
+        HashAlgo::Md5 => "XMD5",
+        HashAlgo::Crc32 => "XCRC",
+    }
+}
+
+/// The hex hash in the last line of a hash reply (`213 SHA-256 0-49 <hex> <name>`: token 2
+/// after the code; `250 <hex>`: token 0), lowercased, checked to have the algorithm's length (a CRC may come
+/// without its leading zeros).
+fn parse_hash_reply(body: &[u8], token: usize, algo: HashAlgo) -> Option<Vec<u8>> {
+    // The answer is on the last line: proftpd sends `250-Computing SHA256 digest` first.
+    let line = body
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .rfind(|l| !l.is_empty())?;
+    if line.get(3) != Some(&b' ') {
+        return None;
+    }
+    let text = line.get(4..)?;
+    let hex = text
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(token)?;
+    let hex = hex.strip_suffix(b"\r").unwrap_or(hex);
+    if hex.is_empty() || hex.len() > algo.hex_len() || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    if hex.len() != algo.hex_len() && algo != HashAlgo::Crc32 {
+        return None;
+    }
+    let mut out = vec![b'0'; algo.hex_len() - hex.len()];
+    out.extend(hex.iter().map(u8::to_ascii_lowercase));
+    Some(out)
 }
 
 pub fn net_err(label: &str, what: &str, e: &io::Error) -> Error {
@@ -509,12 +698,124 @@ mod tests {
     }
 
     #[test]
+    fn hash_commands_are_read_from_feat() {
+        let feats = [
+            ("HASH", Some("SHA-256*;SHA-512;sha-1;MD5")),
+            ("XCRC", None),
+            ("XMD5", None),
+            ("MLST", Some("type*;size*;modify*;")),
+        ];
+        let (hash, x) = hash_feats(feats.into_iter());
+        use HashAlgo::*;
+        assert_eq!(hash, Sha256.bit() | Sha1.bit() | Md5.bit());
+        assert_eq!(x, Crc32.bit() | Md5.bit());
+        assert_eq!(
+            hash_feats([("XSHA256", None)].into_iter()),
+            (0, Sha256.bit())
+        );
+        assert_eq!(hash_feats([("HASH", None)].into_iter()), (0, 0));
+    }
+
+    #[test]
+    fn hash_replies_are_parsed_and_checked() {
+        let sha = "a".repeat(64);
+        let reply = format!("213 SHA-256 0-49 {} some name.bin\r\n", sha.to_uppercase());
+        assert_eq!(
+            parse_hash_reply(reply.as_bytes(), 2, HashAlgo::Sha256),
+            Some(sha.clone().into_bytes())
+        );
+        let reply = format!("250 {sha}\r\n");
+        assert_eq!(
+            parse_hash_reply(reply.as_bytes(), 0, HashAlgo::Sha256),
+            Some(sha.into_bytes())
+        );
+        assert_eq!(
+            parse_hash_reply(b"250 1a2b\r\n", 0, HashAlgo::Crc32),
+            Some(b"00001a2b".to_vec())
+        );
+        // proftpd 1.3.8 says what it does first.
+        let reply = format!("250-Computing SHA256 digest\r\n250 {}\r\n", "0A".repeat(32));
+        assert_eq!(
+            parse_hash_reply(reply.as_bytes(), 0, HashAlgo::Sha256),
+            Some("0a".repeat(32).into_bytes())
+        );
+        let reply = b"213-Computing SHA-1 digest\r\n213 SHA-1 0-6 f572d396fae9206628714fb2ce00f72e94f2258f /pub/f.txt\r\n";
+        assert_eq!(
+            parse_hash_reply(reply, 2, HashAlgo::Sha1),
+            Some(b"f572d396fae9206628714fb2ce00f72e94f2258f".to_vec())
+        );
+        // Wrong length, not hex, nothing there.
+        assert_eq!(parse_hash_reply(b"250 abcd\r\n", 0, HashAlgo::Md5), None);
+        assert_eq!(parse_hash_reply(b"250 xyz\r\n", 0, HashAlgo::Crc32), None);
+        assert_eq!(
+            parse_hash_reply(b"213 SHA-1 0-1\r\n", 2, HashAlgo::Sha1),
+            None
+        );
+        assert_eq!(parse_hash_reply(b"", 0, HashAlgo::Sha1), None);
+    }
+
+    #[test]
     fn arguments_with_line_breaks_are_refused() {
         assert_eq!(
             check_arg("s", b"a\r\nDELE b").unwrap_err().kind,
             Kind::Invalid
         );
         assert!(check_arg("s", b"/pub/ok name").is_ok());
+    }
+
+    #[test]
+    fn stat_211_replies_are_listings_only_if_they_read_as_one() {
+        let bsd = b"211- status of /pub:\r\ntotal 8\r\n\
+            drwxr-xr-x  3 root  root  4096 Dec  1 05:33 sub dir\r\n\
+            -rw-r--r--  1 root  root     3 Dec  1 05:33 a file.txt\r\n211 End of Status\r\n";
+        let lines = stat_lines(bsd);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].ends_with(b"sub dir"));
+        assert!(reads_as_listing(&lines));
+        let empty = stat_lines(b"211- status of /e:\r\ntotal 0\r\n211 End of Status\r\n");
+        assert!(reads_as_listing(&empty));
+        let status = stat_lines(
+            b"211-FTP server status:\r\n Connected to 127.0.0.1\r\n Logged in as ftp\r\n\
+              211 End of status\r\n",
+        );
+        assert_eq!(status.len(), 2);
+        assert!(!reads_as_listing(&status));
+        assert!(!reads_as_listing(&stat_lines(b"211-Status\r\n211 End\r\n")));
+    }
+
+    #[test]
+    fn paths_an_ls_could_split_or_expand_are_listed_from_inside() {
+        for odd in [
+            &b"/pub/sub dir"[..],
+            b"/pub/-dash",
+            b"/-x/y",
+            b"/pub/st*r",
+            b"/pub/q?",
+            b"/pub/a[b]c",
+            b"/pub/a]b",
+            b"/pub/h#sh",
+            b"/pub/back\\sl",
+            b"/pub/{a,b}",
+            b"/pub/~user",
+            b"/pub/it's",
+            b"/pub/a;b",
+            b"/pub/$HOME",
+        ] {
+            assert!(list_from_inside(odd), "{}", String::from_utf8_lossy(odd));
+        }
+        for plain in [
+            &b"/"[..],
+            b"/pub/mirror",
+            b"/pub/a-b_c.d+e,f=g@h%i:j",
+            b"/pub/caf\xc3\xa9",
+            b"/pub/x-",
+        ] {
+            assert!(
+                !list_from_inside(plain),
+                "{}",
+                String::from_utf8_lossy(plain)
+            );
+        }
     }
 
     #[test]

@@ -63,28 +63,28 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What a directory entry is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link with its target bytes; an empty target means unknown.
-    Symlink(Vec<u8>),
-}
+// The entry types are the seam's (the merged view uses them without knowing FTP); they keep
+// their old paths here so code written against `ftp::listing` still compiles.
+pub use crate::backend::{EntryKind, Precision, RawEntry};
 
-/// One validated directory entry as reported by the server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawEntry {
-    /// The entry's name, byte-faithful; always passes [`valid_name`].
-    pub name: Vec<u8>,
-    /// File, directory or symlink.
-    pub kind: EntryKind,
-    /// Size in bytes as reported (0 when not reported).
-    pub size: u64,
-    /// Modification time, when the server sent a usable one.
-    pub mtime: Option<SystemTime>,
+// `Precision::same_time` lives here, next to the date arithmetic it shares with the parsers.
+impl Precision {
+    /// The length of one unit, in seconds.
+    pub fn secs(self) -> u64 {
+        match self {
+            Precision::Second => 1,
+            Precision::Minute => 60,
+            Precision::Day => SECS_PER_DAY as u64,
+        }
+    }
+
+    /// Do two listed times name the same moment, compared at the coarser of the two
+    /// precisions? Times are truncated to whole units since the epoch (UTC), so `Jan 15  2024`
+    /// (midnight) matches any time that day and `Jan 15 03:45` any second of that minute.
+    pub fn same_time(a: SystemTime, pa: Precision, b: SystemTime, pb: Precision) -> bool {
+        let unit = pa.max(pb).secs() as i64;
+        system_time_to_secs(a).div_euclid(unit) == system_time_to_secs(b).div_euclid(unit)
+    }
 }
 
 /// Which command produced the listing.
@@ -284,6 +284,7 @@ pub fn parse_mlsd_line(line: &[u8]) -> Result<Option<RawEntry>, &'static str> {
         kind,
         size,
         mtime,
+        mtime_precision: Precision::Second,
     }))
 }
 
@@ -487,7 +488,7 @@ fn finish_unix_line(
     kind: UnixKind,
     size_tok: &[u8],
     last: usize,
-    mtime: Option<SystemTime>,
+    mtime: Option<(SystemTime, Precision)>,
 ) -> Result<Option<RawEntry>, &'static str> {
     let size = parse_size(size_tok)?;
     let after_date = toks
@@ -525,18 +526,20 @@ fn finish_unix_line(
         name: name.to_vec(),
         kind,
         size,
-        mtime,
+        mtime: mtime.map(|(t, _)| t),
+        mtime_precision: mtime.map_or(Precision::Second, |(_, p)| p),
     }))
 }
 
 /// Try to read the date columns starting at token `i`. On success returns
-/// the index of the last date token and the time (`None` when the fields are
-/// well-formed but not a real calendar date, such as `Feb 30`).
+/// the index of the last date token and the time with its precision (`None`
+/// when the fields are well-formed but not a real calendar date, such as
+/// `Feb 30`).
 fn match_unix_date<'a>(
     tok: &impl Fn(usize) -> &'a [u8],
     i: usize,
     now: SystemTime,
-) -> Option<(usize, Option<SystemTime>)> {
+) -> Option<(usize, Option<(SystemTime, Precision)>)> {
     if let Some(month) = parse_month_name(tok(i)) {
         // `Mon DD HH:MM` or `Mon DD YYYY`.
         let day = parse_small(tok(i + 1), 1, 2)?;
@@ -546,12 +549,14 @@ fn match_unix_date<'a>(
         let third = tok(i + 2);
         if let Some((hour, minute)) = parse_hh_mm(third) {
             let secs = resolve_yearless(month, day, hour, minute, now);
-            return Some((i + 2, secs.and_then(secs_to_system_time)));
+            let mtime = secs.and_then(secs_to_system_time);
+            return Some((i + 2, mtime.map(|t| (t, Precision::Minute))));
         }
         if third.len() == 4 {
             let year = parse_digits(third)?;
             let secs = civil_to_secs(i64::from(year), month, day, 0, 0, 0);
-            return Some((i + 2, secs.and_then(secs_to_system_time)));
+            let mtime = secs.and_then(secs_to_system_time);
+            return Some((i + 2, mtime.map(|t| (t, Precision::Day))));
         }
         return None;
     }
@@ -569,7 +574,12 @@ fn match_unix_date<'a>(
         .map(|s| s - offset)
         .and_then(secs_to_system_time)
         .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nanos))));
-    Some((last, mtime))
+    let precision = if has_seconds {
+        Precision::Second
+    } else {
+        Precision::Minute
+    };
+    Some((last, mtime.map(|t| (t, precision))))
 }
 
 /// The latest time with the given month/day/clock that is not later than
@@ -630,6 +640,7 @@ fn parse_dos_line(line: &[u8]) -> Option<Result<Option<RawEntry>, &'static str>>
         kind,
         size,
         mtime,
+        mtime_precision: Precision::Minute,
     })))
 }
 
@@ -1030,6 +1041,14 @@ mod tests {
             kind: EntryKind::File,
             size,
             mtime,
+            mtime_precision: Precision::Minute,
+        }
+    }
+
+    fn file_p(p: Precision, name: &[u8], size: u64, mtime: Option<SystemTime>) -> RawEntry {
+        RawEntry {
+            mtime_precision: p,
+            ..file(name, size, mtime)
         }
     }
 
@@ -1108,7 +1127,7 @@ mod tests {
     fn proftpd_list() {
         assert_eq!(
             list(LIST_SAMPLES[4]),
-            file(b"name", 1234, at(T_2024_01_15_0000))
+            file_p(Precision::Day, b"name", 1234, at(T_2024_01_15_0000))
         );
         let dir = list(LIST_SAMPLES[5]);
         assert_eq!(
@@ -1142,22 +1161,22 @@ mod tests {
         // Only one of owner/group.
         assert_eq!(
             list(b"-rw-r--r-- 1 ftp 1234 Jan 15 2024 x"),
-            file(b"x", 1234, at(T_2024_01_15_0000))
+            file_p(Precision::Day, b"x", 1234, at(T_2024_01_15_0000))
         );
         // Neither owner nor group.
         assert_eq!(
             list(b"-rw-r--r-- 1 1234 Jan 15 2024 x"),
-            file(b"x", 1234, at(T_2024_01_15_0000))
+            file_p(Precision::Day, b"x", 1234, at(T_2024_01_15_0000))
         );
         // An owner called like a month and a numeric group.
         assert_eq!(
             list(b"-rw-r--r-- 1 jan 15 1234 Jan 15 2024 x"),
-            file(b"x", 1234, at(T_2024_01_15_0000))
+            file_p(Precision::Day, b"x", 1234, at(T_2024_01_15_0000))
         );
         // A group name with a space (Windows servers faking ls).
         assert_eq!(
             list(b"-rw-r--r-- 1 owner Domain Users 1234 Jan 15 2024 x"),
-            file(b"x", 1234, at(T_2024_01_15_0000))
+            file_p(Precision::Day, b"x", 1234, at(T_2024_01_15_0000))
         );
         // Tabs between columns.
         assert_eq!(
@@ -1336,7 +1355,7 @@ mod tests {
         );
         assert_eq!(
             list(LIST_SAMPLES[15]),
-            file(b"fulliso", 1234, at(T_2024_01_15_0345))
+            file_p(Precision::Second, b"fulliso", 1234, at(T_2024_01_15_0345))
         );
         let e = list(b"-rw-r--r-- 1 root root 1 2024-01-15 05:45:00.5 +0200 zoned");
         assert_eq!(e.name, b"zoned");
@@ -1366,6 +1385,120 @@ mod tests {
     }
 
     // ----- DOS / IIS LIST -------------------------------------------------
+
+    /// proftpd 1.3.8 as captured: MLSD names symlinks without target, its STAT
+    /// listing (what the symlink resolution asks for) gives `name -> target`.
+    #[test]
+    fn proftpd_138_symlink_targets_come_from_its_ls_listing() {
+        let mlsd_lines: &[&[u8]] = &[
+            b"modify=20261201054550;perm=adfrw;size=6;type=file;unique=FE00U9906C2;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0644;UNIX.owner=0;UNIX.ownername=u; f.txt",
+            b"modify=20261201054550;perm=adfrw;size=3;type=OS.unix=symlink;unique=FE00U9906A3;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0777;UNIX.owner=0;UNIX.ownername=u; dirlink",
+            b"modify=20261201054551;perm=flcdmpe;type=cdir;unique=FE00U990682;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0755;UNIX.owner=0;UNIX.ownername=u; .",
+            b"modify=20261201054550;perm=adfrw;size=10;type=OS.unix=symlink;unique=FE00U9906C2;UNIX.group=0;UNIX.groupname=root;UNIX.mode=0777;UNIX.owner=0;UNIX.ownername=u; abs",
+        ];
+        let mlsd = parse_listing(mlsd_lines, Format::Mlsd, now());
+        let kinds: Vec<(&[u8], &EntryKind)> = mlsd
+            .entries
+            .iter()
+            .map(|e| (e.name.as_slice(), &e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (&b"f.txt"[..], &EntryKind::File),
+                (b"dirlink", &EntryKind::Symlink(Vec::new())),
+                (b"abs", &EntryKind::Symlink(Vec::new())),
+            ]
+        );
+        let stat_lines: &[&[u8]] = &[
+            b"drwxr-xr-x   3 u        root         4096 Dec  1 05:45 .",
+            b"lrwxrwxrwx   1 u        root           10 Dec  1 05:45 abs -> /pub/f.txt",
+            b"lrwxrwxrwx   1 u        root            7 Dec  1 05:45 dangling -> nowhere",
+            b"lrwxrwxrwx   1 u        root            3 Dec  1 05:45 dirlink -> sub",
+            b"lrwxrwxrwx   1 u        root           28 Dec  1 05:45 evil -> ../../../../../../etc/passwd",
+            b"-rw-r--r--   1 u        root            6 Dec  1 05:45 f.txt",
+        ];
+        let ls = parse_listing(stat_lines, Format::List, now());
+        let targets: Vec<(&[u8], &[u8])> = ls
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Symlink(t) => Some((e.name.as_slice(), t.as_slice())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                (&b"abs"[..], &b"/pub/f.txt"[..]),
+                (b"dangling", b"nowhere"),
+                (b"dirlink", b"sub"),
+                (b"evil", b"../../../../../../etc/passwd"),
+            ]
+        );
+        assert!(ls.skipped.is_empty(), "{:?}", ls.skipped);
+    }
+
+    #[test]
+    fn mtime_precision_follows_the_format() {
+        let p = |line: &[u8]| {
+            let e = list(line);
+            (e.mtime.is_some(), e.mtime_precision)
+        };
+        use Precision::*;
+        assert_eq!(p(b"-rw-r--r-- 1 0 0 1 Jan 15 03:45 a"), (true, Minute));
+        assert_eq!(p(b"-rw-r--r-- 1 0 0 1 Jan 15  2024 a"), (true, Day));
+        assert_eq!(p(b"lrwxrwxrwx 1 0 0 1 Jan 15  2024 a -> b"), (true, Day));
+        assert_eq!(p(b"drwxr-xr-x 1 0 0 1 Jan 15 03:45 a"), (true, Minute));
+        assert_eq!(p(b"-rw-r--r-- 1 0 0 1 2024-01-15 03:45 a"), (true, Minute));
+        assert_eq!(
+            p(b"-rw-r--r-- 1 0 0 1 2024-01-15 03:45:07 a"),
+            (true, Second)
+        );
+        assert_eq!(
+            p(b"-rw-r--r-- 1 0 0 1 2024-01-15 03:45:07.25 +0100 a"),
+            (true, Second)
+        );
+        assert_eq!(p(b"01-15-24  03:45AM  1 a"), (true, Minute));
+        assert_eq!(p(b"01-15-2024  15:45  <DIR>  a"), (true, Minute));
+        let e = mlsd(b"type=file;size=1;modify=20240115034507.5; a");
+        assert_eq!(e.mtime_precision, Second);
+        // Compared at the coarser one, truncating to whole units.
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let minute = T_2024_01_15_0345;
+        assert!(Precision::same_time(
+            t(minute + 59),
+            Second,
+            t(minute),
+            Minute
+        ));
+        assert!(!Precision::same_time(
+            t(minute + 60),
+            Second,
+            t(minute),
+            Minute
+        ));
+        assert!(Precision::same_time(
+            t(minute),
+            Minute,
+            t(T_2024_01_15_0000),
+            Day
+        ));
+        assert!(!Precision::same_time(
+            t(minute),
+            Second,
+            t(minute + 1),
+            Second
+        ));
+        assert!(Precision::same_time(t(minute), Day, t(minute + 1), Second));
+        // Before the epoch, truncation still goes towards the earlier unit.
+        assert!(!Precision::same_time(
+            t(0),
+            Day,
+            UNIX_EPOCH - Duration::from_secs(1),
+            Second
+        ));
+    }
 
     #[test]
     fn iis_list() {
@@ -1421,7 +1554,7 @@ mod tests {
     fn proftpd_mlsd() {
         assert_eq!(
             mlsd(MLSD_SAMPLES[0]),
-            file(b"name", 1234, at(T_2024_01_15_0345))
+            file_p(Precision::Second, b"name", 1234, at(T_2024_01_15_0345))
         );
         let dir = mlsd(MLSD_SAMPLES[1]);
         assert_eq!(
@@ -1439,7 +1572,7 @@ mod tests {
     fn pure_ftpd_mlsd() {
         assert_eq!(
             mlsd(MLSD_SAMPLES[5]),
-            file(b"name", 1234, at(T_2024_01_15_0345))
+            file_p(Precision::Second, b"name", 1234, at(T_2024_01_15_0345))
         );
         let link = mlsd(MLSD_SAMPLES[6]);
         assert_eq!(link.name, b"link");
@@ -1456,7 +1589,8 @@ mod tests {
     fn pyftpdlib_mlsd() {
         assert_eq!(
             mlsd(MLSD_SAMPLES[8]),
-            file(
+            file_p(
+                Precision::Second,
                 b"name",
                 1234,
                 at(T_2024_01_15_0345).map(|t| t + Duration::from_millis(123))
@@ -1470,7 +1604,10 @@ mod tests {
         // Case-insensitive facts and types, name with leading/trailing
         // spaces and semicolons.
         let e = mlsd(b"TYPE=FILE;SIZE=5;MODIFY=20240115034500;  a;b=c; ");
-        assert_eq!(e, file(b" a;b=c; ", 5, at(T_2024_01_15_0345)));
+        assert_eq!(
+            e,
+            file_p(Precision::Second, b" a;b=c; ", 5, at(T_2024_01_15_0345))
+        );
         // No facts at all is not enough: the type is required.
         assert_eq!(
             parse_mlsd_line(b" name"),

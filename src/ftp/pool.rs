@@ -1,13 +1,21 @@
 //! A capped pool of logged-in connections per server, and the [`Backend`] built on it.
 //!
 //! Owns: how many connections each server gets (`--max-connections`), reuse of idle ones,
-//! retiring connections that saw an error, and mapping merged-tree paths to server paths
-//! (the base path from serverlist.txt).
+//! retiring connections that saw an error, mapping merged-tree paths to server paths
+//! (the base path from serverlist.txt), and what a listing means: a LIST or STAT by path
+//! that failed or gave no readable line is tried once more from inside the directory
+//! (CWD + LIST, for servers whose `ls` split the path), and a listing none of whose lines
+//! can be read is an error, never an empty directory.
+//!
+//! Every connection also holds a permit of the global cap ([`ConnLimit`],
+//! `--max-total-connections`); at the cap, the idle connections of the least recently used
+//! servers are closed first.
 //!
 //! Health: a server whose fresh connection fails (refused, timed out, TLS or login error), or
 //! that stops answering on an open one, is marked *down*: calls to it fail at once instead of
-//! waiting out the timeout again, and a prober thread per server retries it in the background
-//! with exponential backoff (1 s doubling to 30 s). When it answers, it is *up* again and the
+//! waiting out the timeout again, and it is retried in the background with exponential backoff
+//! (1 s doubling to 30 s): one scheduler thread finds due servers and runs their probes on a
+//! pool of [`PROBE_WORKERS`] threads, whatever the number of servers. When it answers, it is *up* again and the
 //! merged view picks its entries up at the next refresh of each directory.
 //!
 //! Busy servers: a 421 or a 530 "too many connections" lowers that server's connection budget
@@ -16,18 +24,22 @@
 //!
 //! Invariants:
 //! - at most `budget <= max` connections per server exist at once (idle + leased);
+//! - every connection holds a permit of the global cap for exactly as long as it exists
+//!   (`Pooled`), so all servers together stay within `--max-total-connections`;
 //! - waiting for a connection is bounded by the network timeout;
 //! - a connection is returned to the pool only after a clean reply; one that saw an error or an
 //!   aborted transfer that did not end cleanly is dropped; an idle one is NOOP-checked before
 //!   reuse once it has been idle for a while.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, Priority};
+use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority};
 use crate::error::{Error, Kind, Result};
-use crate::ftp::conn::{Conn, Endpoint, Transfer};
-use crate::ftp::listing::{self, RawEntry};
+use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
+use crate::ftp::limit::{ConnLimit, Permit};
+use crate::ftp::listing::{self, Format, Listing, RawEntry};
+use crate::workers::Workers;
 
 /// An idle connection older than this is NOOP-checked before reuse: servers drop idle control
 /// connections (vsftpd after 300 s by default), and a check costs one round trip, not a login.
@@ -36,20 +48,50 @@ const IDLE_CHECK_AFTER: Duration = Duration::from_secs(15);
 /// server that stays away costs one connection attempt per 30 s.
 const PROBE_FIRST: Duration = Duration::from_secs(1);
 const PROBE_MAX: Duration = Duration::from_secs(30);
+/// How often the probe scheduler looks for servers due a probe: well under PROBE_FIRST.
+const PROBE_TICK: Duration = Duration::from_millis(250);
 /// A server that answered "too many connections" gets one more connection back per minute
 /// without complaint.
 const BUDGET_RECOVERY: Duration = Duration::from_secs(60);
+/// Probes of down servers run on at most this many threads. A probe of a silent server holds
+/// its thread for one `--timeout`, so 100 such servers are each retried every ~2 minutes at
+/// worst (10 s timeout) instead of every 30 s: fine for servers that are away anyway.
+pub const PROBE_WORKERS: usize = 8;
+
+/// A logged-in connection and its share of the global cap (released when it is dropped).
+pub struct Pooled {
+    conn: Conn,
+    _permit: Permit,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
 
 pub struct Server {
     pub ep: Endpoint,
     base: Vec<u8>,
     max: usize,
+    limit: Arc<ConnLimit>,
     state: Mutex<PoolState>,
     freed: Condvar,
 }
 
 struct PoolState {
-    idle: Vec<Conn>,
+    /// Oldest first; reuse takes the newest.
+    idle: Vec<Pooled>,
+    /// When a connection was last asked for: the least recently used server loses its idle
+    /// connections first when the global cap is reached.
+    last_active: Instant,
     leased: usize,
     /// Connections we may have at once: `max`, lowered while the server says it is busy.
     budget: usize,
@@ -57,6 +99,8 @@ struct PoolState {
     down: Option<Down>,
     /// The server refused REST once: don't ask it for offsets again.
     no_rest: bool,
+    /// Hash algorithms its FEAT offers (HASH or X-commands), from its last new connection.
+    hash_algos: u8,
     /// Foreground requests waiting for a connection: background work yields to them.
     fg_waiting: usize,
 }
@@ -66,34 +110,62 @@ struct Down {
     next_probe: Instant,
     backoff: Duration,
     reason: String,
+    /// A probe is queued or running.
+    probing: bool,
 }
 
 /// A connection taken from the pool; goes back on drop unless marked broken.
 pub struct Lease {
     server: Arc<Server>,
-    conn: Option<Conn>,
+    conn: Option<Pooled>,
     /// True when the connection came from the idle list (so a failure may just be staleness).
     reused: bool,
 }
 
 impl Server {
-    pub fn new(ep: Endpoint, max: usize) -> Arc<Server> {
+    /// A server with at most `max` connections of its own, all counted against `limit`.
+    pub fn new(ep: Endpoint, max: usize, limit: &Arc<ConnLimit>) -> Arc<Server> {
         let base = ep.spec.base.as_bytes().to_vec();
-        Arc::new(Server {
+        let server = Arc::new(Server {
             ep,
             base,
             max: max.max(1),
+            limit: Arc::clone(limit),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
+                last_active: Instant::now(),
                 leased: 0,
                 budget: max.max(1),
                 last_busy: None,
                 down: None,
                 no_rest: false,
+                hash_algos: 0,
                 fg_waiting: 0,
             }),
             freed: Condvar::new(),
-        })
+        });
+        limit.register(&server);
+        server
+    }
+
+    /// When this server was last used, if it has an idle connection to give up.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let st = self.lock();
+        (!st.idle.is_empty()).then_some(st.last_active)
+    }
+
+    /// Close the oldest idle connection (for the global cap); false if there was none.
+    pub(crate) fn close_oldest_idle(&self) -> bool {
+        let mut st = self.lock();
+        if st.idle.is_empty() {
+            return false;
+        }
+        let conn = st.idle.remove(0);
+        drop(st);
+        // Dropping it closes the socket and releases its permit; a slot is free here too.
+        drop(conn);
+        self.freed.notify_all();
+        true
     }
 
     pub fn label(&self) -> &str {
@@ -133,6 +205,7 @@ impl Server {
                 ),
             ));
         }
+        st.last_active = Instant::now();
         if st.budget < self.max && st.last_busy.is_some_and(|t| t.elapsed() > BUDGET_RECOVERY) {
             st.budget += 1;
             st.last_busy = Some(Instant::now());
@@ -164,13 +237,15 @@ impl Server {
                 if conn.last_used.elapsed() < IDLE_CHECK_AFTER || conn.noop(self.label()).is_ok() {
                     return Ok(self.lease(Some(conn), true));
                 }
-                // Stale: replace it with a fresh connection under the same slot.
-                return self.connect_into_slot();
+                // Stale: replace it with a fresh connection under the same slot (its permit
+                // goes first, so a full global cap has room for the new one).
+                drop(conn);
+                return self.connect_into_slot(deadline);
             }
             if allowed && st.leased < st.budget {
                 st.leased += 1;
                 drop(st);
-                return self.connect_into_slot();
+                return self.connect_into_slot(deadline);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -192,10 +267,31 @@ impl Server {
     }
 
     /// Open a connection for a slot already counted in `leased`; frees the slot on failure.
-    fn connect_into_slot(self: &Arc<Self>) -> Result<Lease> {
-        match Conn::open(&self.ep) {
-            Ok(conn) => Ok(self.lease(Some(conn), false)),
-            Err(e) => {
+    /// Waiting for room under the global cap is not the server's fault: it is not marked.
+    fn connect_into_slot(self: &Arc<Self>, deadline: Instant) -> Result<Lease> {
+        let opened = self
+            .limit
+            .acquire(self.label(), deadline)
+            .map_err(|e| (e, false))
+            .and_then(|permit| {
+                Conn::open(&self.ep)
+                    .map(|conn| Pooled {
+                        conn,
+                        _permit: permit,
+                    })
+                    .map_err(|e| (e, true))
+            });
+        match opened {
+            Ok(conn) => {
+                self.lock().hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
+                Ok(self.lease(Some(conn), false))
+            }
+            Err((e, false)) => {
+                self.lock().leased -= 1;
+                self.freed.notify_one();
+                Err(e)
+            }
+            Err((e, true)) => {
                 self.lock().leased -= 1;
                 self.freed.notify_one();
                 self.note_failure(&e, true);
@@ -245,6 +341,7 @@ impl Server {
             next_probe: Instant::now() + backoff,
             backoff,
             reason: e.message.clone(),
+            probing: false,
         });
     }
 
@@ -253,21 +350,31 @@ impl Server {
         self.lock().down.is_some()
     }
 
-    /// The prober: while the server is down, try a fresh login when its backoff has passed.
-    /// Returns how long to sleep before looking again.
-    fn probe_if_due(self: &Arc<Self>) -> Duration {
-        let due = {
-            let st = self.lock();
-            match &st.down {
-                None => return PROBE_FIRST,
-                Some(d) if Instant::now() < d.next_probe => {
-                    return d.next_probe - Instant::now();
-                }
-                Some(_) => true,
+    /// Down, its backoff has passed and no probe is on the way: claim the probe.
+    fn claim_probe(&self) -> bool {
+        let mut st = self.lock();
+        match st.down.as_mut() {
+            Some(d) if !d.probing && Instant::now() >= d.next_probe => {
+                d.probing = true;
+                true
             }
-        };
-        debug_assert!(due);
-        match Conn::open(&self.ep) {
+            _ => false,
+        }
+    }
+
+    /// Try a fresh login (after [`Self::claim_probe`]): up again, or down with a longer backoff.
+    fn probe(self: &Arc<Self>) {
+        let deadline = Instant::now() + self.ep.timeout;
+        let opened = self
+            .limit
+            .acquire(self.label(), deadline)
+            .and_then(|permit| {
+                Conn::open(&self.ep).map(|conn| Pooled {
+                    conn,
+                    _permit: permit,
+                })
+            });
+        match opened {
             Ok(conn) => {
                 let mut st = self.lock();
                 st.down = None;
@@ -277,23 +384,24 @@ impl Server {
                 drop(st);
                 log::warn!("{}: answering again; back in the merged tree", self.label());
                 self.freed.notify_all();
-                PROBE_FIRST
             }
             Err(e) => {
                 let mut st = self.lock();
                 if let Some(d) = st.down.as_mut() {
-                    d.backoff = (d.backoff * 2).min(PROBE_MAX);
+                    d.probing = false;
+                    // No room under the global cap says nothing about the server.
+                    if e.kind != Kind::Busy {
+                        d.backoff = (d.backoff * 2).min(PROBE_MAX);
+                        d.reason = e.message.clone();
+                    }
                     d.next_probe = Instant::now() + d.backoff;
-                    d.reason = e.message.clone();
                     log::debug!("{}: still down: {e}", self.label());
-                    return d.backoff;
                 }
-                PROBE_FIRST
             }
         }
     }
 
-    fn lease(self: &Arc<Self>, conn: Option<Conn>, reused: bool) -> Lease {
+    fn lease(self: &Arc<Self>, conn: Option<Pooled>, reused: bool) -> Lease {
         Lease {
             server: Arc::clone(self),
             conn,
@@ -367,7 +475,7 @@ impl Server {
 impl Lease {
     fn conn_mut(&mut self) -> Result<&mut Conn> {
         self.conn
-            .as_mut()
+            .as_deref_mut()
             .ok_or_else(|| Error::new(Kind::Network, "connection already closed"))
     }
 
@@ -396,22 +504,31 @@ pub struct FtpBackend {
 }
 
 impl FtpBackend {
-    /// Also starts one prober thread per server; each ends when the backend is dropped.
+    /// Also starts the probe scheduler (one thread for all servers, probes on a pool of
+    /// [`PROBE_WORKERS`]); it ends within a second of the backend being dropped.
     pub fn new(servers: Vec<Arc<Server>>) -> Self {
-        for server in &servers {
-            let weak = Arc::downgrade(server);
-            let spawned = std::thread::Builder::new()
-                .name("ftpc-probe".into())
-                .spawn(move || {
-                    while let Some(server) = weak.upgrade() {
-                        let nap = server.probe_if_due().min(PROBE_FIRST);
-                        drop(server);
-                        std::thread::sleep(nap);
+        let weak: Vec<Weak<Server>> = servers.iter().map(Arc::downgrade).collect();
+        let spawned = std::thread::Builder::new()
+            .name("ftpc-probe".into())
+            .spawn(move || {
+                let probes = Workers::new("ftpc-probe", PROBE_WORKERS);
+                // Ends when every server is gone (the backend was dropped).
+                loop {
+                    let mut alive = false;
+                    for server in weak.iter().filter_map(Weak::upgrade) {
+                        alive = true;
+                        if server.claim_probe() {
+                            probes.spawn(move || server.probe());
+                        }
                     }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start prober thread: {e}");
-            }
+                    if !alive {
+                        break;
+                    }
+                    std::thread::sleep(PROBE_TICK);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the prober thread: {e}");
         }
         FtpBackend { servers }
     }
@@ -442,25 +559,82 @@ impl Backend for FtpBackend {
 
     fn list(&self, s: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>> {
         let server = self.server(s)?;
+        let label = server.label();
         let spath = server.server_path(path);
-        let list =
-            |allow_stat| server.with_conn(prio, |c| c.list_dir(server.label(), &spath, allow_stat));
-        let (format, lines) = match list(true) {
+        let list = |allow_stat, from_inside| {
+            server.with_conn(prio, |c| c.list_dir(label, &spath, allow_stat, from_inside))
+        };
+        let first = match list(true, false) {
             // That connection was dropped (out of step); a data-connection listing has no limit.
+            Err(e) if e.kind == Kind::TooLarge => list(false, false),
+            res => res,
+        };
+        // A LIST or STAT with a path the server's `ls` took apart fails or answers only with
+        // error lines: list once more from inside the directory (a MLSD path is never split,
+        // and an odd path was listed from inside already).
+        let by_path = |format| format == Format::List && !conn::list_from_inside(&spath);
+        let parsed = match first {
+            Ok((format, lines)) => {
+                let parsed = listing::parse_listing(&lines, format, SystemTime::now());
+                if by_path(format) && unreadable(&parsed) {
+                    log::debug!(
+                        "{label}: nothing readable in the listing of {}; listing it from inside",
+                        String::from_utf8_lossy(&spath)
+                    );
+                    let (format, lines) = list(false, true)?;
+                    listing::parse_listing(&lines, format, SystemTime::now())
+                } else {
+                    parsed
+                }
+            }
+            Err(e)
+                if matches!(e.kind, Kind::NotFound | Kind::Protocol) && by_path(Format::List) =>
+            {
+                log::debug!("{e}; listing it from inside");
+                let (format, lines) = list(false, true)?;
+                listing::parse_listing(&lines, format, SystemTime::now())
+            }
+            Err(e) => return Err(e),
+        };
+        entries_of(label, path, parsed)
+    }
+
+    fn hash_algos(&self, s: usize) -> u8 {
+        self.servers.get(s).map_or(0, |srv| srv.lock().hash_algos)
+    }
+
+    fn hash(&self, s: usize, path: &[u8], algo: HashAlgo, prio: Priority) -> Result<Vec<u8>> {
+        let server = self.server(s)?;
+        let spath = server.server_path(path);
+        // Not through `with_conn`: a hash that takes longer than the timeout (a big file on a
+        // slow disk) says nothing about the server's health, so it must not mark it down.
+        // The connection may be out of step after a failure: it is dropped.
+        let mut lease = server.acquire(prio)?;
+        let res = lease.conn_mut()?.file_hash(server.label(), &spath, algo);
+        if res.is_err() {
+            lease.discard();
+        }
+        res
+    }
+
+    fn symlink_targets(&self, s: usize, path: &[u8], prio: Priority) -> Result<LinkTargets> {
+        let server = self.server(s)?;
+        let spath = server.server_path(path);
+        let list = |allow_stat| {
+            server.with_conn(prio, |c| {
+                c.list_dir_long(server.label(), &spath, allow_stat)
+            })
+        };
+        let lines = match list(true) {
             Err(e) if e.kind == Kind::TooLarge => list(false)?,
             res => res?,
         };
-        let parsed = listing::parse_listing(&lines, format, SystemTime::now());
-        for skip in &parsed.skipped {
-            log::debug!(
-                "{}: listing of /{}: skipped {:?}: {}",
-                server.label(),
-                String::from_utf8_lossy(path),
-                String::from_utf8_lossy(&skip.line),
-                skip.reason
-            );
-        }
-        Ok(parsed.entries)
+        let parsed = listing::parse_listing(&lines, listing::Format::List, SystemTime::now());
+        Ok(parsed
+            .entries
+            .into_iter()
+            .filter(|e| matches!(&e.kind, listing::EntryKind::Symlink(t) if !t.is_empty()))
+            .collect())
     }
 
     fn open(
@@ -491,6 +665,39 @@ impl Backend for FtpBackend {
             }
         }
     }
+}
+
+/// A listing whose lines were all rejected: not an empty directory but one we could not read.
+fn unreadable(parsed: &Listing) -> bool {
+    parsed.entries.is_empty() && !parsed.skipped.is_empty()
+}
+
+/// The entries of a parsed listing of `/path` (relative to the server's base), or an error
+/// naming the server and the first bad line when no line could be read: the merged directory
+/// then keeps the other servers' entries and logs the error at warning level.
+fn entries_of(label: &str, path: &[u8], parsed: Listing) -> Result<Vec<RawEntry>> {
+    let shown = String::from_utf8_lossy(path);
+    if unreadable(&parsed)
+        && let Some(first) = parsed.skipped.first()
+    {
+        return Err(Error::new(
+            Kind::Protocol,
+            format!(
+                "{label}: listing of /{shown}: none of its {} lines could be read (first: {:?}: {})",
+                parsed.skipped.len(),
+                String::from_utf8_lossy(&first.line),
+                first.reason
+            ),
+        ));
+    }
+    for skip in &parsed.skipped {
+        log::debug!(
+            "{label}: listing of /{shown}: skipped {:?}: {}",
+            String::from_utf8_lossy(&skip.line),
+            skip.reason
+        );
+    }
+    Ok(parsed.entries)
 }
 
 /// A RETR in progress on a leased connection.
@@ -555,5 +762,51 @@ impl FtpStream {
 impl Drop for FtpStream {
     fn drop(&mut self) {
         self.abort_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(lines: &[&[u8]]) -> Listing {
+        listing::parse_listing(lines, Format::List, SystemTime::now())
+    }
+
+    #[test]
+    fn an_all_garbage_listing_is_an_error_not_an_empty_directory() {
+        let garbage = parse(&[
+            b"/pub/sub: No such file or directory",
+            b"dir: No such file or directory",
+        ]);
+        let err = entries_of("srv:21", b"pub/sub dir", garbage).unwrap_err();
+        assert_eq!(err.kind, Kind::Protocol);
+        assert_eq!(err.errno(), libc::EIO);
+        assert_eq!(err.log_level(), log::Level::Warn);
+        assert!(
+            err.message.starts_with("srv:21: listing of /pub/sub dir:"),
+            "{err}"
+        );
+        assert!(
+            err.message
+                .contains("\"/pub/sub: No such file or directory\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_and_partly_readable_listings_are_listings() {
+        assert_eq!(entries_of("s", b"d", parse(&[])).unwrap(), vec![]);
+        // `total`, `.` and `..` are skipped by design: still an empty directory.
+        let dots = parse(&[
+            b"total 0",
+            b"drwxr-xr-x 2 0 0 4096 Jan 01 2024 .",
+            b"drwxr-xr-x 2 0 0 4096 Jan 01 2024 ..",
+        ]);
+        assert_eq!(entries_of("s", b"d", dots).unwrap(), vec![]);
+        let mixed = parse(&[b"garbage", b"-rw-r--r-- 1 0 0 5 Jan 01 2024 ok.txt"]);
+        let entries = entries_of("s", b"d", mixed).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].name, b"ok.txt");
     }
 }

@@ -8,7 +8,8 @@
 //! `hang_on_list` on makes already-open connections hang on their next LIST.
 //!
 //! Protocol subset: USER, PASS, SYST, FEAT, OPTS, TYPE, MODE, STRU, PWD, CWD,
-//! CDUP, NOOP, EPSV, PASV, REST, SIZE, LIST, NLST, RETR, ABOR, QUIT. Anything
+//! CDUP, NOOP, EPSV, PASV, REST, SIZE, LIST, NLST, RETR, ABOR, QUIT, and with
+//! [`FakeConfig::hash_crc32`] HASH and XCRC (CRC-32 of the whole file). Anything
 //! else (MLSD, STOR, DELE, ...) gets `502` (after being logged). Listings are
 //! in vsftpd's `ls -l` format, or the raw lines given in
 //! [`FakeConfig::raw_lists`].
@@ -97,6 +98,13 @@ pub struct FakeConfig {
     /// Path -> size reported in listings and SIZE (RETR still sends the real
     /// bytes, then 226): "listing says N bytes, RETR sends fewer".
     pub lie_size: BTreeMap<String, u64>,
+    /// FEAT offers `HASH CRC32` and `XCRC`, and both commands answer the CRC-32
+    /// of the whole file (as proftpd's mod_digest does).
+    pub hash_crc32: bool,
+    /// LIST/NLST with a path answer (226) one `ls: cannot access 'WORD': No such
+    /// file or directory` line per word of the path, as an `ls` that got it
+    /// mangled; without a path they list the working directory as usual.
+    pub list_path_errors: bool,
 }
 
 impl Default for FakeConfig {
@@ -114,6 +122,8 @@ impl Default for FakeConfig {
             drop_retr_lie_226: false,
             die_after_drop: false,
             lie_size: BTreeMap::new(),
+            hash_crc32: false,
+            list_path_errors: false,
         }
     }
 }
@@ -386,6 +396,25 @@ fn kill_sessions(shared: &Shared) {
     }
 }
 
+/// CRC-32 (IEEE 802.3, as in zlib), with the usual 256-entry table.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    !data.iter().fold(!0u32, |crc, &b| {
+        table[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8)
+    })
+}
+
 fn verb_of(line: &[u8]) -> String {
     // Skip telnet IAC IP / DM and other non-letters some clients send before ABOR.
     let start = line
@@ -592,6 +621,9 @@ impl Session {
                 if rest {
                     text.push_str(" REST STREAM\r\n");
                 }
+                if self.cfg().hash_crc32 {
+                    text.push_str(" HASH CRC32*\r\n XCRC\r\n");
+                }
                 text.push_str("211 End");
                 self.reply(&text)
             }
@@ -627,6 +659,21 @@ impl Session {
                         self.reply(&text)
                     }
                     Err(_) => self.reply("501 Bad REST argument."),
+                }
+            }
+            "HASH" | "XCRC" if self.cfg().hash_crc32 => {
+                let path = self.resolve(&arg);
+                let Some(FakeNode::File(data)) = self.node(&path) else {
+                    return self.reply("550 No such file.");
+                };
+                let crc = crc32(&data);
+                if verb == "HASH" {
+                    let end = data.len().saturating_sub(1);
+                    self.reply(&format!(
+                        "213-Computing CRC32 digest\r\n213 CRC32 0-{end} {crc:08X} {arg}"
+                    ))
+                } else {
+                    self.reply(&format!("250-Computing CRC32 digest\r\n250 {crc:08X}"))
                 }
             }
             "SIZE" => {
@@ -786,7 +833,16 @@ impl Session {
                 .unwrap_or("");
         }
         let path = self.resolve(path_arg);
+        let mangled = self.cfg().list_path_errors && !path_arg.is_empty();
         let lines: Arc<Vec<Vec<u8>>> = match self.node(&path) {
+            _ if mangled => Arc::new(
+                path_arg
+                    .split(' ')
+                    .map(|w| {
+                        format!("ls: cannot access '{w}': No such file or directory").into_bytes()
+                    })
+                    .collect(),
+            ),
             Some(FakeNode::Dir) => {
                 let raw = self.cfg().raw_lists.get(&path).cloned();
                 match raw {
@@ -986,9 +1042,3 @@ fn is_timeout(e: &io::Error) -> bool {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
 }
-
-/// Commands that would change something on a server.
-pub const WRITE_VERBS: &[&str] = &[
-    "STOR", "STOU", "APPE", "DELE", "MKD", "XMKD", "RMD", "XRMD", "RNFR", "RNTO", "SITE", "MFMT",
-    "MFF", "SMNT",
-];

@@ -14,6 +14,10 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod ls_servers;
+pub mod unpacked;
+
+pub use unpacked::{parse_proftpd_log, parse_pureftpd_log};
 
 use std::ffi::OsString;
 use std::fs;
@@ -49,6 +53,15 @@ const POLL: Duration = Duration::from_millis(50);
 fn iterations(limit: Duration) -> u32 {
     (limit.as_millis() / POLL.as_millis()) as u32 + 1
 }
+
+/// Shell lines for a server started in a new mount namespace (`unshare -m`): that namespace
+/// begins with copies of every FUSE mount on the machine, and a copy keeps the kernel's FUSE
+/// connection alive, so a daemon would not see its own mount go away. Lazily unmount them.
+pub const DROP_FUSE_COPIES_SH: &str = r#"mounts=$(cat /proc/self/mountinfo)
+printf '%s\n' "$mounts" | while read -r _ _ _ _ target rest; do
+    case " $rest" in *" - fuse"*) umount -l "$(printf '%b' "$target")" 2>/dev/null ;; esac
+done
+"#;
 
 // ---------------------------------------------------------------------------
 // temp dirs and files
@@ -564,6 +577,24 @@ pub enum ServerKind {
     VsftpdImplicitTls,
     /// pyftpdlib, plain FTP, user account, MLSD available.
     Pyftpdlib,
+    /// proftpd, plain FTP, anonymous, MLSD.
+    Proftpd,
+    /// proftpd with mod_tls, explicit FTPS required, anonymous, MLSD.
+    ProftpdTls,
+    /// pure-ftpd, plain FTP, one virtual user, MLSD.
+    PureFtpd,
+    /// pure-ftpd, TLS required on control and data, one virtual user, MLSD.
+    PureFtpdTls,
+}
+
+impl ServerKind {
+    /// Whether the serverlist line asks for explicit FTPS (AUTH TLS).
+    pub fn explicit_tls(self) -> bool {
+        matches!(
+            self,
+            ServerKind::VsftpdTls | ServerKind::ProftpdTls | ServerKind::PureFtpdTls
+        )
+    }
 }
 
 /// One command a server received and the first reply it sent to it.
@@ -606,6 +637,37 @@ impl Exchange {
     }
 }
 
+/// FTP verbs that change something on a server: the one list every test
+/// checks server logs against (tests/common/fake.rs must hold the same list;
+/// tests/servers.rs checks that it does).
+pub const WRITE_VERBS: &[&str] = &[
+    "STOR", "STOU", "APPE", "DELE", "MKD", "XMKD", "RMD", "XRMD", "RNFR", "RNTO", "SITE", "MFMT",
+    "MFF", "SMNT",
+];
+
+/// Whether `verb` (any case) is in [`WRITE_VERBS`].
+pub fn is_write_verb(verb: &str) -> bool {
+    WRITE_VERBS.iter().any(|w| w.eq_ignore_ascii_case(verb))
+}
+
+/// `Ok` if the fake server saw a login (a PASS) and no command in
+/// [`WRITE_VERBS`]: the fake's counterpart of
+/// [`FtpServer::check_no_write_commands`].
+pub fn check_fake_no_write_commands(fake: &fake::FakeFtp) -> Result<(), String> {
+    let verbs = fake.verbs();
+    if !verbs.iter().any(|v| v == "PASS") {
+        return Err(format!(
+            "no PASS in the fake's log; cannot check it for writes: {verbs:?}"
+        ));
+    }
+    let bad: Vec<&String> = verbs.iter().filter(|v| is_write_verb(v)).collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("received write commands: {bad:?}"))
+    }
+}
+
 /// A real FTP server on loopback, killed (with its whole process group) and
 /// reaped on drop.
 pub struct FtpServer {
@@ -619,6 +681,8 @@ pub struct FtpServer {
     log: PathBuf,
     output: PathBuf,
     child: Option<Child>,
+    /// pure-ftpd's log receiver (stops after the server is killed).
+    syslog: Option<unpacked::SyslogSink>,
     // Config, logs, empty chroot dir.  Dropped after the process is killed.
     work: TempDir,
 }
@@ -659,7 +723,22 @@ impl FtpServer {
     /// pyftpdlib (tests/pyftpd.py) with one read-only ("elr") account.
     /// An empty `user` means anonymous.
     pub fn pyftpdlib(root: &Path, user: &str, pass: &str) -> FtpServer {
+        Self::pyftpdlib_many(root, user, pass, &[], &[])
+    }
+
+    /// One pyftpdlib process that also listens on `also_hosts` (same port) and also accepts
+    /// the accounts `also_users` (name, root; same password): many cheap "servers".
+    pub fn pyftpdlib_many(
+        root: &Path,
+        user: &str,
+        pass: &str,
+        also_hosts: &[String],
+        also_users: &[(String, PathBuf)],
+    ) -> FtpServer {
         make_world_readable(root);
+        for (_, home) in also_users {
+            make_world_readable(home);
+        }
         let work = TempDir::new("pyftpd");
         let log = work.join("pyftpd.log");
         let output = work.join("pyftpd.out");
@@ -682,6 +761,14 @@ impl FtpServer {
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .arg("--log")
                 .arg(&log);
+            for h in also_hosts {
+                cmd.args(["--also-host", h]);
+            }
+            for (name, home) in also_users {
+                let mut spec = OsString::from(format!("{name}="));
+                spec.push(home);
+                cmd.arg("--also-user").arg(spec);
+            }
             match &login {
                 Some((u, p)) => {
                     cmd.args(["--user", u, "--password", p]);
@@ -704,6 +791,7 @@ impl FtpServer {
             log,
             output,
             child: Some(child),
+            syslog: None,
             work,
         }
     }
@@ -815,6 +903,7 @@ impl FtpServer {
             log,
             output,
             child: Some(child),
+            syslog: None,
             work,
         }
     }
@@ -840,9 +929,9 @@ impl FtpServer {
             None => (String::new(), String::new()),
         };
         let tls = match self.kind {
-            ServerKind::Vsftpd | ServerKind::Pyftpdlib => "0",
-            ServerKind::VsftpdTls => "1",
             ServerKind::VsftpdImplicitTls => "implicit",
+            k if k.explicit_tls() => "1",
+            _ => "0",
         };
         format!("{}{},{},{},{}", self.addr(), base, user, pass, tls)
     }
@@ -875,7 +964,11 @@ impl FtpServer {
         let text = self.commands_log();
         match self.kind {
             ServerKind::Pyftpdlib => parse_pyftpdlib_log(&text),
-            _ => parse_vsftpd_log(&text),
+            ServerKind::Proftpd | ServerKind::ProftpdTls => parse_proftpd_log(&text),
+            ServerKind::PureFtpd | ServerKind::PureFtpdTls => parse_pureftpd_log(&text),
+            ServerKind::Vsftpd | ServerKind::VsftpdTls | ServerKind::VsftpdImplicitTls => {
+                parse_vsftpd_log(&text)
+            }
         }
     }
 
@@ -895,6 +988,52 @@ impl FtpServer {
     /// Number of directory listings the server served (LIST/NLST/MLSD/STAT path).
     pub fn listing_count(&self) -> usize {
         self.exchanges().iter().filter(|e| e.is_listing()).count()
+    }
+
+    /// Whether the log shows a successful login (reply 230).  vsftpd logs
+    /// the 230 from another process than the USER it answers, so for it any
+    /// logged 230 reply counts.
+    pub fn saw_login(&self) -> bool {
+        let exchanges = self.exchanges();
+        let paired = exchanges.iter().any(|e| e.reply == Some(230));
+        let vsftpd = matches!(
+            self.kind,
+            ServerKind::Vsftpd | ServerKind::VsftpdTls | ServerKind::VsftpdImplicitTls
+        );
+        let unpaired = vsftpd
+            && self
+                .commands_log()
+                .contains("FTP response: Client \"127.0.0.1\", \"230 ");
+        exchanges.iter().any(|e| e.verb() == "USER") && (paired || unpaired)
+    }
+
+    /// `Ok` if this server saw a logged-in session (so its log is read and
+    /// parsed at all) and received no command in [`WRITE_VERBS`].
+    pub fn check_no_write_commands(&self) -> Result<(), String> {
+        if !self.saw_login() {
+            return Err(format!(
+                "no successful login in the server's log; cannot check it for writes:\n{}",
+                self.commands_log()
+            ));
+        }
+        let bad: Vec<String> = self
+            .exchanges()
+            .into_iter()
+            .filter(|e| is_write_verb(&e.verb()))
+            .map(|e| e.command)
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("received write commands: {bad:?}"))
+        }
+    }
+
+    /// Panics unless [`FtpServer::check_no_write_commands`] is `Ok`.
+    pub fn assert_no_write_commands(&self, name: &str) {
+        if let Err(e) = self.check_no_write_commands() {
+            panic!("{name}: {e}");
+        }
     }
 
     /// Whether the server process is still running.
@@ -1185,19 +1324,56 @@ pub struct Mount {
 #[derive(Debug, Clone, Default)]
 pub struct MountOptions {
     pub ca_file: Option<PathBuf>,
-    pub args: Vec<String>,
+    pub args: Vec<OsString>,
+    /// Permission bits of the serverlist file (default 600, as users are told).
+    pub list_mode: Option<u32>,
+    /// Environment of the binary: `(name, Some(value))` sets, `None` removes.
+    pub envs: Vec<(OsString, Option<OsString>)>,
+    /// Only the arguments given: no `--log-file` and `-v` from the harness, so
+    /// everything the binary logs goes to [`Mount::launch_output`]; and no
+    /// inherited `RUST_LOG`.
+    pub bare: bool,
 }
 
 impl MountOptions {
     pub fn ca(ca: &Path) -> MountOptions {
         MountOptions {
             ca_file: Some(ca.to_path_buf()),
-            args: Vec::new(),
+            ..MountOptions::default()
         }
     }
 
-    pub fn arg(mut self, a: &str) -> MountOptions {
-        self.args.push(a.to_string());
+    /// See [`MountOptions::bare`].
+    pub fn bare() -> MountOptions {
+        MountOptions {
+            bare: true,
+            ..MountOptions::default()
+        }
+    }
+
+    pub fn arg(self, a: &str) -> MountOptions {
+        self.arg_os(a)
+    }
+
+    /// An argument that is a path (or any other OS string).
+    pub fn arg_os(mut self, a: impl AsRef<std::ffi::OsStr>) -> MountOptions {
+        self.args.push(a.as_ref().to_os_string());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> MountOptions {
+        self.envs.push((k.into(), Some(v.into())));
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> MountOptions {
+        self.envs.push((k.into(), None));
+        self
+    }
+
+    /// The serverlist file gets these permission bits.
+    pub fn list_mode(mut self, mode: u32) -> MountOptions {
+        self.list_mode = Some(mode);
         self
     }
 }
@@ -1207,7 +1383,7 @@ impl Mount {
     /// MNT` (daemon mode); asserts exit status 0 and that MNT is mounted
     /// when it returns.
     pub fn start(serverlist: &str, opts: &MountOptions) -> Mount {
-        let mut m = Mount::prepare(serverlist);
+        let mut m = Mount::prepare(serverlist, opts);
         let out = fs::File::create(&m.launch_out).expect("create launch output");
         let err = out.try_clone().expect("dup");
         let mut cmd = m.command(opts);
@@ -1246,7 +1422,7 @@ impl Mount {
     /// Like [`Mount::start`] but runs with `-f` as a child process and waits
     /// until the mount point appears in /proc/self/mountinfo.
     pub fn foreground(serverlist: &str, opts: &MountOptions) -> Mount {
-        let mut m = Mount::prepare(serverlist);
+        let mut m = Mount::prepare(serverlist, opts);
         let out = fs::File::create(&m.launch_out).expect("create launch output");
         let err = out.try_clone().expect("dup");
         let mut cmd = m.command(opts);
@@ -1285,13 +1461,13 @@ impl Mount {
         m
     }
 
-    fn prepare(serverlist: &str) -> Mount {
+    fn prepare(serverlist: &str, opts: &MountOptions) -> Mount {
         let dir = TempDir::new("mount");
         let mnt = dir.subdir("mnt");
         let serverlist_path = dir.join("serverlist.txt");
         fs::write(&serverlist_path, serverlist).expect("write serverlist");
         // It holds passwords: keep it private, as users are told to.
-        set_mode(&serverlist_path, 0o600);
+        set_mode(&serverlist_path, opts.list_mode.unwrap_or(0o600));
         Mount {
             mnt,
             serverlist: serverlist_path,
@@ -1310,9 +1486,19 @@ impl Mount {
         if let Some(ca) = &opts.ca_file {
             cmd.arg("--ca-file").arg(ca);
         }
-        cmd.arg("--log-file").arg(&self.log_file).arg("-v");
+        if opts.bare {
+            cmd.env_remove("RUST_LOG");
+        } else {
+            cmd.arg("--log-file").arg(&self.log_file).arg("-v");
+        }
         cmd.args(&opts.args);
         cmd.arg(&self.mnt);
+        for (k, v) in &opts.envs {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         cmd
     }
 
@@ -1359,7 +1545,8 @@ impl Mount {
     }
 
     /// What `ftpcircle-fs MNT` printed (stdout and stderr) until it returned
-    /// (for -f mounts: everything so far).
+    /// (for -f mounts: everything so far).  With [`MountOptions::bare`] that
+    /// is its whole log unless the test passed `--log-file`.
     pub fn launch_output(&self) -> String {
         read_lossy(&self.launch_out)
     }

@@ -1,0 +1,46 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_ftpcircle_fs_global_optspecs
+    string join \n servers= ca-file= timeout= max-connections= max-total-connections= cache-ttl= cache-entries= no-prefetch f/foreground o= log-file= v/verbose q/quiet h/help V/version
+end
+
+function __fish_ftpcircle_fs_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_ftpcircle_fs_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_ftpcircle_fs_using_subcommand
+    set -l cmd (__fish_ftpcircle_fs_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l servers -d 'serverlist.txt to use [default: ./serverlist.txt, then $XDG_CONFIG_HOME (or ~/.config)/ftpcircle/serverlist.txt]' -r -F
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l ca-file -d 'Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA' -r -F
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l timeout -d 'Timeout in seconds for every connect, login, command and data read' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-connections -d 'Connections per server at most' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-total-connections -d 'Sockets to servers at most, over all servers; a connection counts two (control and data). Idle connections of rarely used servers close first' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-ttl -d 'How long directory listings are cached, in seconds' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-entries -d 'How many directory entries the listing cache holds at most, over all listings' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s o -d 'Mount options, comma separated: FUSE options (allow_other, allow_root, auto_unmount, ...) and any long option as a key (cache_ttl=120)' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l log-file -d 'Append the log to this file (otherwise stderr in the foreground, syslog as a daemon)' -r -F
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l no-prefetch -d 'Don\'t fetch directory listings and small files ahead of the walker'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s f -l foreground -d 'Stay in the foreground (either way, SIGINT and SIGTERM unmount cleanly)'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s q -l quiet -d 'Only errors in the log'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s h -l help -d 'Print help'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s V -l version -d 'Print version'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand help; and not __fish_seen_subcommand_from completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand help; and not __fish_seen_subcommand_from completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,311 @@
+//! Directory refresh: make a directory's merged listing fresh. The listings of the directory
+//! on every server holding it are fetched through the [`ListingCache`](super::cache) in
+//! parallel on a bounded pool ([`LIST_WORKERS`] threads plus the caller), merged by the rules
+//! of [`merge`](super::merge), and applied to the inode table.
+//!
+//! Owns: when a listing is fetched again (TTL, shorter after a failure), which servers a
+//! directory asks (its sources, keeping those that failed this time), conflict logging, and
+//! invalidation after a read found a file changed.
+//!
+//! Invariants:
+//! - names that stay keep their inode (same kind); names that go are handed to the inode
+//!   table to be dropped once the kernel lets go of them;
+//! - a directory listed on no server because all failed is an error, never an empty directory;
+//! - no lock of the table is held while listings are fetched.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+
+use super::inodes::{Node, NodeKind};
+use super::merge::{self, Merged, MergedKind};
+use super::server_set::ServerSet;
+use super::{Circle, ROOT, cache, lock_err};
+use crate::backend::Priority;
+use crate::error::{Error, Kind, Result};
+
+/// Listings of one directory run on at most this many threads (plus the requesting one). A
+/// silent server holds its thread for one `--timeout`, so 100 silent servers among 1,000 are
+/// all waited out in parallel and startup takes about one timeout, not one per 128 of them.
+pub const LIST_WORKERS: usize = 128;
+
+impl Circle {
+    /// Fetch the root listing of every server (in parallel, through the cache) and return the
+    /// errors of those that failed, so startup can name them.
+    pub fn check_servers(&self) -> Vec<Error> {
+        let all = ServerSet::all(self.backend.servers());
+        self.fetch_all(all, b"", Priority::Foreground)
+            .into_iter()
+            .filter_map(|(_, f)| f.result.as_ref().err().cloned())
+            .collect()
+    }
+
+    /// Make sure the merged listing of directory `ino` is fresh, fetching if needed, then
+    /// queue prefetch of `depth` levels of subdirectories below it.
+    pub(super) fn refresh(&self, ino: u64, prio: Priority, depth: u8) -> Result<()> {
+        self.refresh_dir(ino, prio)?;
+        if self.opts.prefetch && depth > 0 {
+            self.queue_subdirs(ino, depth);
+        }
+        Ok(())
+    }
+
+    fn dir_is_empty(&self, ino: u64) -> bool {
+        self.nodes.read().is_ok_and(|nodes| {
+            matches!(nodes.get(ino).map(|n| &n.kind), Some(NodeKind::Dir(d)) if d.order.is_empty())
+        })
+    }
+
+    /// Make sure the merged listing of directory `ino` is fresh, fetching if needed.
+    pub(super) fn refresh_dir(&self, ino: u64, prio: Priority) -> Result<()> {
+        let (path, servers) = {
+            let nodes = self.nodes.read().map_err(|_| lock_err())?;
+            let node = nodes.get(ino).ok_or_else(Error::not_found)?;
+            let NodeKind::Dir(d) = &node.kind else {
+                return Err(Error::new(Kind::NotDir, "not a directory"));
+            };
+            if d.expires.is_some_and(|e| Instant::now() < e) {
+                return Ok(());
+            }
+            (Self::path_of(&nodes, ino), node.sources.clone())
+        };
+        let fetched = self.fetch_all(servers, &path, prio);
+        let mut ok = Vec::new();
+        let mut first_err = None;
+        let mut failed = ServerSet::default();
+        for (server, f) in &fetched {
+            match &f.result {
+                Ok(entries) => ok.push((*server, &entries[..])),
+                // The directory went away on that server: it contributes nothing.
+                Err(e) if e.kind == Kind::NotFound => ok.push((*server, &[][..])),
+                Err(e) => {
+                    log::warn!("{e}");
+                    failed.insert(*server);
+                    first_err.get_or_insert_with(|| e.clone());
+                }
+            }
+        }
+        if ok.is_empty()
+            && let Some(e) = first_err.clone()
+        {
+            // No server answered for the root before any ever did: the mount is simply empty
+            // until one does (`ls` shows nothing rather than EIO); retried on the next access.
+            if ino == ROOT && self.dir_is_empty(ROOT) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
+        let (merged, conflicts) = merge::merge(&ok, &differ);
+        self.log_conflicts(&path, &conflicts);
+        let expires = Instant::now()
+            + if first_err.is_some() {
+                self.opts.ttl.min(cache::ERROR_TTL)
+            } else {
+                self.opts.ttl
+            };
+        self.apply(ino, &path, merged, failed, expires)
+    }
+
+    /// Fetch the listing of `path` from each server, in parallel when more than one must go to
+    /// the network. Results are in the order of `servers` (priority order).
+    pub(super) fn fetch_all(
+        &self,
+        servers: ServerSet,
+        path: &[u8],
+        prio: Priority,
+    ) -> Vec<(usize, Arc<cache::Fetched>)> {
+        let backend = self.backend.as_ref();
+        let missing = servers
+            .iter()
+            .filter(|&s| self.cache.fresh(&(s, path.into())).is_none())
+            .count();
+        if missing <= 1 {
+            return servers
+                .iter()
+                .map(|s| (s, self.cache.get(backend, s, path, prio)))
+                .collect();
+        }
+        let list: Vec<usize> = servers.iter().collect();
+        let (cache, backend) = (Arc::clone(&self.cache), Arc::clone(&self.backend));
+        let shared_path: Arc<[u8]> = path.into();
+        let fetched = self.listers.map(list.clone(), move |s| {
+            cache.get(backend.as_ref(), s, &shared_path, prio)
+        });
+        list.into_iter()
+            .zip(fetched)
+            .map(|(s, f)| {
+                let f = f.unwrap_or_else(|| {
+                    Arc::new(cache::Fetched {
+                        at: Instant::now(),
+                        result: Err(Error::new(Kind::Protocol, "listing job panicked")),
+                    })
+                });
+                (s, f)
+            })
+            .collect()
+    }
+
+    pub(super) fn log_conflicts(&self, path: &[u8], conflicts: &[merge::Conflict]) {
+        if conflicts.is_empty() {
+            return;
+        }
+        let Ok(mut logged) = self.conflicts_logged.lock() else {
+            return;
+        };
+        for c in conflicts {
+            let mut full = path.to_vec();
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&c.name);
+            if logged.insert(full.clone()) {
+                log::info!(
+                    "conflict at /{}: {}; keeping the copy on {} (listed first), hiding the one on {}",
+                    String::from_utf8_lossy(&full),
+                    c.why,
+                    self.backend.label(c.kept),
+                    self.backend.label(c.hidden)
+                );
+            }
+        }
+    }
+
+    /// Replace the children of `dir` with `merged`, keeping inode numbers of names that stay.
+    /// `failed`: servers whose listing of `dir` failed this time. A child that stays keeps them
+    /// among its sources, so its own next refresh asks them again rather than settling for a
+    /// listing without them for a whole TTL.
+    pub(super) fn apply(
+        &self,
+        dir: u64,
+        path: &[u8],
+        merged: Vec<Merged>,
+        failed: ServerSet,
+        expires: Instant,
+    ) -> Result<()> {
+        let mut nodes = self.nodes.write().map_err(|_| lock_err())?;
+        let old_order = match nodes.get_mut(dir).map(|n| &mut n.kind) {
+            Some(NodeKind::Dir(d)) => std::mem::take(&mut d.order),
+            _ => return Err(Error::not_found()),
+        };
+        // Names that stay keep their inode (if their kind is unchanged).
+        let names: Vec<(Box<[u8]>, u64)> = old_order
+            .iter()
+            .filter_map(|&c| nodes.get(c).map(|n| (n.name.clone(), c)))
+            .collect();
+        let old: HashMap<&[u8], u64> = names.iter().map(|(n, c)| (&n[..], *c)).collect();
+        let mut order = Vec::with_capacity(merged.len());
+        // `merged` is sorted by name, so `order` is too.
+        for (idx, m) in merged.into_iter().enumerate() {
+            let idx = idx as u32;
+            let sources = ServerSet::from_list(&m.sources);
+            let mtime = m.mtime.unwrap_or(self.mounted_at);
+            let kind = match m.kind {
+                MergedKind::Dir => NodeKind::Dir(Box::default()),
+                MergedKind::File => NodeKind::File,
+                MergedKind::Symlink(t) => {
+                    let base = self.backend.base(sources.first().unwrap_or(0));
+                    NodeKind::Symlink(merge::rewrite_target(base, path, &t).into())
+                }
+            };
+            let existing = old.get(m.name.as_slice()).copied().filter(|&ino| {
+                nodes.get(ino).is_some_and(|n| {
+                    std::mem::discriminant(&n.kind) == std::mem::discriminant(&kind)
+                })
+            });
+            let ino = match existing.and_then(|ino| nodes.get_mut(ino).map(|n| (ino, n))) {
+                Some((ino, n)) => {
+                    // Other copies serve it now: pages cached from the old ones must go.
+                    if n.size != m.size || n.mtime != mtime || n.sources != sources {
+                        n.opened = false;
+                    }
+                    n.size = m.size;
+                    n.mtime = mtime;
+                    n.sources = if matches!(n.kind, NodeKind::Dir(_)) {
+                        sources.union_masked(&n.sources, &failed)
+                    } else {
+                        sources
+                    };
+                    n.idx = idx;
+                    // A directory keeps its own children and expiry.
+                    if !matches!(n.kind, NodeKind::Dir(_)) {
+                        n.kind = kind;
+                    }
+                    ino
+                }
+                None => nodes.push(Node {
+                    parent: dir,
+                    name: m.name.into(),
+                    kind,
+                    size: m.size,
+                    mtime,
+                    sources,
+                    idx,
+                    opened: false,
+                    lookups: AtomicU32::new(0),
+                }),
+            };
+            order.push(ino);
+        }
+        let gone: Vec<u64> = {
+            let kept: HashSet<u64> = order.iter().copied().collect();
+            old_order
+                .iter()
+                .copied()
+                .filter(|c| !kept.contains(c))
+                .collect()
+        };
+        if let Some(NodeKind::Dir(d)) = nodes.get_mut(dir).map(|n| &mut n.kind) {
+            d.order = order.into();
+            d.expires = Some(expires);
+            d.prefetched_depth = 0;
+        }
+        // Nodes that left the listing go now unless the kernel still holds them (then at
+        // their last `forget`).
+        let mut held = Vec::new();
+        for c in gone {
+            if nodes.collect(c) == 0
+                && let Some(n) = nodes.get(c)
+            {
+                held.push((dir, n.name.to_vec()));
+            }
+        }
+        drop(nodes);
+        // The kernel holds them: ask it to let go, so `forget` comes and they can be dropped.
+        self.tell_gone(held);
+        Ok(())
+    }
+
+    /// Forget the merged and per-server listings of the directory holding `ino`, and let its
+    /// next open drop the pages the kernel cached of it.
+    pub(super) fn invalidate_parent(&self, ino: u64, path: &[u8]) {
+        let dir_path = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => &b""[..],
+        };
+        let Ok(mut nodes) = self.nodes.write() else {
+            return;
+        };
+        // The pages the kernel cached may be of another version or another copy.
+        if let Some(n) = nodes.get_mut(ino) {
+            n.opened = false;
+        }
+        let parent = nodes.get(ino).map_or(ROOT, |n| n.parent);
+        let servers = match nodes.get_mut(parent) {
+            Some(Node {
+                kind: NodeKind::Dir(d),
+                sources,
+                ..
+            }) => {
+                d.expires = None;
+                sources.clone()
+            }
+            _ => return,
+        };
+        drop(nodes);
+        for s in servers.iter() {
+            self.cache.invalidate(s, dir_path);
+        }
+    }
+}
