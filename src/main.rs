@@ -444,6 +444,13 @@ fn run(
             Ok(Event::Ended(r)) => {
                 return r.map_err(|e| Failure::mount(format!("FUSE session: {e}")));
             }
+            // logrotate's convention: SIGHUP asks a daemon to open its log file again (it
+            // was moved away). Without --log-file there is nothing to reopen, and SIGHUP
+            // ends the mount like SIGTERM.
+            Ok(Event::Signal(libc::SIGHUP)) if logging::has_log_file() => match logging::reopen() {
+                Ok(_) => log::info!("SIGHUP: log file opened again"),
+                Err(e) => log::error!("SIGHUP: {e}"),
+            },
             Ok(Event::Signal(sig)) => {
                 log::info!("signal {sig}: unmounting {}", mnt.display());
                 stop(

@@ -186,8 +186,9 @@ fn sighup_and_sigint_on_a_busy_mount_detach_it_and_exit_0() {
     for sig in [libc::SIGHUP, libc::SIGINT] {
         let dir = TempDir::new("busy-signal");
         let server = one_server(&dir);
-        let mut mount =
-            Mount::foreground(&format!("{}\n", server.line()), &MountOptions::default());
+        // Without --log-file (bare): SIGHUP, like SIGINT, ends the mount. With one it
+        // reopens the log (sighup_with_log_file_reopens_it_and_keeps_serving).
+        let mut mount = Mount::foreground(&format!("{}\n", server.line()), &MountOptions::bare());
         // A process whose working directory is inside the mount makes it busy.
         let mut busy = Command::new("sleep")
             .arg("30")
@@ -202,4 +203,38 @@ fn sighup_and_sigint_on_a_busy_mount_detach_it_and_exit_0() {
         assert!(status.success(), "signal {sig}: exit status {status}");
         assert!(!is_mountpoint(mount.path()), "signal {sig}: still mounted");
     }
+}
+
+#[test]
+fn sighup_with_log_file_reopens_it_and_keeps_serving() {
+    let dir = TempDir::new("hup-reopen");
+    let server = one_server(&dir);
+    let mut mount = Mount::foreground(&format!("{}\n", server.line()), &MountOptions::default());
+    // What logrotate does: move the log away, then SIGHUP.
+    let rotated = dir.join("rotated.log");
+    std::fs::rename(&mount.log_file, &rotated).expect("rotate the log");
+    let pid = mount.pids()[0];
+    common::send_signal(pid, libc::SIGHUP);
+    let reopened = common::wait_until(EXIT_LIMIT, || {
+        std::fs::read_to_string(&mount.log_file)
+            .is_ok_and(|l| l.contains("SIGHUP: log file opened again"))
+    });
+    assert!(
+        reopened,
+        "no new log file after SIGHUP; old one:\n{}",
+        std::fs::read_to_string(&rotated).unwrap_or_default()
+    );
+    // Still mounted and serving.
+    assert!(
+        is_mountpoint(mount.path()),
+        "SIGHUP with --log-file unmounted"
+    );
+    assert!(
+        std::fs::read_dir(mount.path()).is_ok(),
+        "the mount stopped answering after SIGHUP"
+    );
+    let status = mount
+        .signal_foreground(libc::SIGTERM, EXIT_LIMIT)
+        .unwrap_or_else(|| panic!("still running {EXIT_LIMIT:?} after SIGTERM"));
+    assert!(status.success(), "exit status {status}");
 }
