@@ -70,6 +70,12 @@ pub struct Args {
     /// Don't fetch directory listings and small files ahead of the walker
     #[arg(long)]
     pub no_prefetch: bool,
+    /// How long a server that stops answering keeps its last known entries in the tree (marked offline), in seconds
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub offline_keep: f64,
+    /// Name of the control directory at the mount root (status files, each server's own tree)
+    #[arg(long, default_value = ".ftpcircle", value_name = "NAME")]
+    pub control_dir: String,
     /// Stay in the foreground (either way, SIGINT and SIGTERM unmount cleanly)
     #[arg(short, long)]
     pub foreground: bool,

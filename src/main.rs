@@ -99,6 +99,15 @@ fn check_args(args: &Args) -> Result<(), String> {
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err("--max-connections must be between 1 and 64".into());
     }
+    if !(args.offline_keep >= 0.0 && args.offline_keep <= 365.0 * 86400.0) {
+        return Err("--offline-keep must be between 0 and one year".into());
+    }
+    let name = args.control_dir.as_str();
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.len() > 255 {
+        return Err(format!(
+            "--control-dir {name:?}: must be one file name (not empty, `.`, `..`, no `/`)"
+        ));
+    }
     if args.max_total_connections < 2 || args.max_total_connections > 100_000 {
         return Err("--max-total-connections must be between 2 and 100000".into());
     }
@@ -205,6 +214,8 @@ fn run(
             // A listing is one connect + login + command + transfer, each bounded by timeout.
             max_wait: timeout * 6,
             prefetch: !args.no_prefetch,
+            offline_keep: Duration::from_secs_f64(args.offline_keep),
+            control_dir: args.control_dir.as_bytes().to_vec(),
         },
     ));
     // Enough workers to use every spare connection (all but one per server), within reason.

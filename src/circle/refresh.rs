@@ -7,6 +7,12 @@
 //! directory asks (its sources, keeping those that failed this time), conflict logging, and
 //! invalidation after a read found a file changed.
 //!
+//! Offline entries: a server whose listing fails keeps its last known entries of that
+//! directory in the merged listing for `--offline-keep` after that listing was fetched
+//! ([`Circle::offline_entries`]); they show it as offline ([`Circle::offline_since`]) and
+//! reading a file only it holds fails at once (its pool answers "marked down"). A server
+//! down since the mount has no known entries: it contributes nothing.
+//!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
 //!   table to be dropped once the kernel lets go of them;
@@ -18,11 +24,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
-use super::inodes::{Node, NodeKind};
+use super::inodes::{DirRole, Node, NodeKind};
 use super::merge::{self, Merged, MergedKind};
 use super::server_set::ServerSet;
 use super::{Circle, ROOT, cache, lock_err};
-use crate::backend::Priority;
+use crate::backend::{Priority, RawEntry};
 use crate::error::{Error, Kind, Result};
 
 /// Listings of one directory run on at most this many threads (plus the requesting one). A
@@ -59,7 +65,7 @@ impl Circle {
             let NodeKind::Dir(d) = &node.kind else {
                 return Err(Error::new(Kind::NotDir, "not a directory"));
             };
-            if d.expires.is_some_and(|e| Instant::now() < e) {
+            if d.expires.is_some_and(|e| Instant::now() < e) || d.role == DirRole::Control {
                 return Ok(());
             }
             (Self::path_of(&nodes, ino), node.sources.clone())
@@ -77,6 +83,9 @@ impl Circle {
                     log::warn!("{e}");
                     failed.insert(*server);
                     first_err.get_or_insert_with(|| e.clone());
+                    if let Some(entries) = self.offline_entries(f) {
+                        ok.push((*server, entries));
+                    }
                 }
             }
         }
@@ -88,6 +97,7 @@ impl Circle {
         let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
         let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
+        self.keep_conflicts(ino, conflicts);
         let expires = Instant::now()
             + if first_err.is_some() {
                 self.opts.ttl.min(cache::ERROR_TTL)
@@ -95,6 +105,13 @@ impl Circle {
                 self.opts.ttl
             };
         self.apply(ino, &path, merged, failed, expires)
+    }
+
+    /// The entries a failed listing keeps in the merged view: the last ones its server gave,
+    /// if fetched less than `--offline-keep` ago (see the module doc).
+    pub(super) fn offline_entries<'a>(&self, f: &'a cache::Fetched) -> Option<&'a [RawEntry]> {
+        let (at, entries) = f.last_ok.as_ref()?;
+        (at.elapsed() < self.opts.offline_keep).then_some(&entries[..])
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to
@@ -129,6 +146,7 @@ impl Circle {
                     Arc::new(cache::Fetched {
                         at: Instant::now(),
                         result: Err(Error::new(Kind::Protocol, "listing job panicked")),
+                        last_ok: None,
                     })
                 });
                 (s, f)

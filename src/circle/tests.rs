@@ -191,6 +191,8 @@ fn circle(mock: Mock, ttl: Duration) -> (Arc<Mock>, Circle) {
             cache_entries: 10_000,
             max_wait: Duration::from_secs(5),
             prefetch: false,
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
         },
     );
     (mock, c)
