@@ -20,7 +20,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib/servers.sh
 source "$REPO/scripts/lib/servers.sh"
 
-DEMO=/tmp/ftpcircle-demo
+DEMO=${FTPCIRCLE_DEMO_DIR:-/tmp/ftpcircle-demo}
 RUN=$DEMO/run
 LOGS=$DEMO/logs
 BIN=${FTPCIRCLE_BIN:-$REPO/target/release/ftpcircle-fs}

@@ -18,7 +18,7 @@ use ftpcircle_fs::ftp::conn::Endpoint;
 use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
 use ftpcircle_fs::serverlist::{self, Tls};
-use ftpcircle_fs::{ftp, fuse, logging};
+use ftpcircle_fs::{check, ftp, fuse, logging};
 
 /// glibc malloc settings, set before any thread starts.
 ///
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Check(check)) => return run_check(&check),
         Err(cli::Usage(msg)) => {
             eprintln!("{msg}");
             return ExitCode::from(2);
@@ -87,6 +88,45 @@ fn main() -> ExitCode {
         };
     }
     daemonize(&args, specs)
+}
+
+/// `ftpcircle-fs check`: 0 every server usable, 1 not, 2 bad serverlist or CA file.
+fn run_check(check: &cli::CheckArgs) -> ExitCode {
+    if let Err(e) = logging::init(-1, None) {
+        eprintln!("ftpcircle-fs: {e}");
+        return ExitCode::from(2);
+    }
+    let specs = match serverlist::locate(check.servers.as_deref())
+        .and_then(|p| serverlist::load(&p).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ftpcircle-fs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = if specs.iter().any(|s| s.tls != Tls::Plain) {
+        match ftp::tls::client_config(check.ca_file.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("ftpcircle-fs: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let reports = check::check_all(specs, tls, Duration::from_secs_f64(check.timeout));
+    if check.json {
+        print!("{}", check::json(&reports));
+    } else {
+        print!("{}", check::table(&reports));
+    }
+    if reports.iter().all(check::Report::usable) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn check_args(args: &Args) -> Result<(), String> {

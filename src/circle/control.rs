@@ -240,7 +240,13 @@ impl Circle {
         }
         let cols = header.len();
         let widths: Vec<usize> = (0..cols)
-            .map(|c| table.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                table
+                    .iter()
+                    .map(|row| row[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         for row in &table {

@@ -130,7 +130,10 @@ impl Circle {
         if control::is_generated(ino) {
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             let text: Arc<[u8]> = self.generated(ino).into();
-            self.generated.lock().map_err(|_| lock_err())?.insert(fh, text);
+            self.generated
+                .lock()
+                .map_err(|_| lock_err())?
+                .insert(fh, text);
             return Ok((fh, false));
         }
         let (path, size, sources) = self.file_info(ino)?;

@@ -406,7 +406,11 @@ mod tests {
         let c = [l("ln", "t2")];
         let (m, conf) = merge(&[(0, &a), (1, &b), (2, &c)], &no_differ());
         assert_eq!(m[0].kind, MergedKind::Symlink(b"t1".to_vec()));
-        assert_eq!(m[0].sources, [0, 1], "the same link on two servers: both hold it");
+        assert_eq!(
+            m[0].sources,
+            [0, 1],
+            "the same link on two servers: both hold it"
+        );
         assert_eq!(conf.len(), 1);
         assert_eq!(conf[0].hidden, 2);
     }

@@ -455,6 +455,18 @@ impl Conn {
         self.noop(label)
     }
 
+    /// How this server's directories are listed: `MLSD`, `STAT` (once a STAT listing worked)
+    /// or `LIST`.
+    pub fn listing_method(&self) -> &'static str {
+        if self.feats.mlsd {
+            "MLSD"
+        } else if self.stat.load(Ordering::Relaxed) == STAT_WORKS {
+            "STAT"
+        } else {
+            "LIST"
+        }
+    }
+
     pub fn noop(&mut self, label: &str) -> Result<()> {
         self.last_used = Instant::now();
         self.ftp.noop().map_err(|e| ftp_err(label, "NOOP", e))

@@ -613,7 +613,10 @@ impl Backend for FtpBackend {
     }
 
     fn health(&self, s: usize) -> Health {
-        self.servers.get(s).map(|srv| srv.health()).unwrap_or_default()
+        self.servers
+            .get(s)
+            .map(|srv| srv.health())
+            .unwrap_or_default()
     }
 
     fn url_root(&self, s: usize) -> String {
@@ -627,7 +630,11 @@ impl Backend for FtpBackend {
             "ftps"
         };
         let base = spec.base.trim_end_matches('/');
-        format!("{scheme}://{}{}", spec.addr_string(), crate::circle::provenance::url_escape(base.as_bytes()))
+        format!(
+            "{scheme}://{}{}",
+            spec.addr_string(),
+            crate::circle::provenance::url_escape(base.as_bytes())
+        )
     }
 
     fn base(&self, s: usize) -> &[u8] {
