@@ -5,7 +5,7 @@
 //! Paths here are relative to a server's root (its base path), as bytes, `/`-separated,
 //! without leading slash; the root itself is the empty path.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 
@@ -145,6 +145,16 @@ pub enum Priority {
     Background,
 }
 
+/// How fast a server is, as measured so far (`None`: not measured yet). Read by the choice of
+/// server for a read and by the status view.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Speed {
+    /// Command round-trip time (EWMA).
+    pub rtt: Option<Duration>,
+    /// Throughput of one connection in bytes per second (EWMA, recent transfers weigh more).
+    pub bytes_per_sec: Option<f64>,
+}
+
 pub trait Backend: Send + Sync {
     /// Number of servers; server indexes are `0..servers()` in priority order.
     fn servers(&self) -> usize;
@@ -204,6 +214,10 @@ pub trait Backend: Send + Sync {
     /// of the server's root, never with credentials.
     fn url_root(&self, server: usize) -> String {
         format!("ftp://{}", self.label(server))
+    }
+    /// The server's measured round-trip time and per-connection throughput.
+    fn speed(&self, _server: usize) -> Speed {
+        Speed::default()
     }
     /// Start streaming the file at `path` from byte `offset`.
     fn open(

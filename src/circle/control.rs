@@ -184,13 +184,16 @@ impl Circle {
 
     fn rows(&self) -> Vec<Row> {
         (0..self.backend.servers())
-            .map(|s| Row {
-                label: self.backend.label(s).to_string(),
-                view: self.view_path(s),
-                health: self.backend.health(s),
-                offline_since: self.offline_since(s),
-                rtt: None,
-                bytes_per_sec: None,
+            .map(|s| {
+                let speed = self.backend.speed(s);
+                Row {
+                    label: self.backend.label(s).to_string(),
+                    view: self.view_path(s),
+                    health: self.backend.health(s),
+                    offline_since: self.offline_since(s),
+                    rtt: speed.rtt,
+                    bytes_per_sec: speed.bytes_per_sec,
+                }
             })
             .collect()
     }

@@ -35,11 +35,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, HashAlgo, Health, LinkTargets, Priority, State};
+use crate::backend::{
+    Backend, ByteStream, HashAlgo, Health, LinkTargets, Priority, Speed, State,
+};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
 use crate::ftp::limit::{ConnLimit, Permit};
 use crate::ftp::listing::{self, Format, Listing, RawEntry};
+use crate::ftp::speed::{self, Meter};
 use crate::workers::Workers;
 
 /// An idle connection older than this is NOOP-checked before reuse: servers drop idle control
@@ -88,6 +91,8 @@ pub struct Server {
     /// Listings fetched and file bytes received (for the status file).
     listings: AtomicU64,
     bytes: AtomicU64,
+    /// Measured round trip and per-connection throughput.
+    meter: Meter,
 }
 
 struct PoolState {
@@ -165,6 +170,7 @@ impl Server {
             freed: Condvar::new(),
             listings: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            meter: Meter::default(),
         });
         limit.register(&server);
         server
@@ -192,6 +198,13 @@ impl Server {
 
     pub fn label(&self) -> &str {
         &self.ep.label
+    }
+
+    /// Hand the connection's last timed round trip to the meter.
+    fn take_rtt(&self, conn: &mut Conn) {
+        if let Some(d) = conn.rtt_sample.take() {
+            self.meter.rtt_sample(self.label(), d);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -257,6 +270,7 @@ impl Server {
                 st.leased += 1;
                 drop(st);
                 if conn.last_used.elapsed() < IDLE_CHECK_AFTER || conn.noop(self.label()).is_ok() {
+                    self.take_rtt(&mut conn);
                     return Ok(self.lease(Some(conn), true));
                 }
                 // Stale: replace it with a fresh connection under the same slot (its permit
@@ -304,7 +318,8 @@ impl Server {
                     .map_err(|e| (e, true))
             });
         match opened {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                self.take_rtt(&mut conn);
                 let mut st = self.lock();
                 st.hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
                 st.ever_up = true;
@@ -431,7 +446,8 @@ impl Server {
                 })
             });
         match opened {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                self.take_rtt(&mut conn);
                 let mut st = self.lock();
                 st.down = None;
                 st.ever_up = true;
@@ -637,6 +653,12 @@ impl Backend for FtpBackend {
         )
     }
 
+    fn speed(&self, s: usize) -> Speed {
+        self.servers
+            .get(s)
+            .map_or_else(Speed::default, |srv| srv.meter.get())
+    }
+
     fn base(&self, s: usize) -> &[u8] {
         self.servers.get(s).map_or(b"/", |srv| srv.base.as_slice())
     }
@@ -741,6 +763,8 @@ impl Backend for FtpBackend {
             Ok((lease, xfer)) => Ok(Box::new(FtpStream {
                 lease,
                 xfer: Some(xfer),
+                sample_bytes: 0,
+                sample_wait: Duration::ZERO,
             })),
             Err(e) => {
                 if e.kind == Kind::NoRest {
@@ -789,6 +813,21 @@ fn entries_of(label: &str, path: &[u8], parsed: Listing) -> Result<Vec<RawEntry>
 struct FtpStream {
     lease: Lease,
     xfer: Option<Transfer>,
+    /// Bytes read and time spent waiting in reads since the last throughput sample.
+    sample_bytes: u64,
+    sample_wait: Duration,
+}
+
+impl FtpStream {
+    /// Give the meter what was read since the last sample.
+    fn report(&mut self) {
+        let server = &self.lease.server;
+        server
+            .meter
+            .throughput_sample(server.label(), self.sample_bytes, self.sample_wait);
+        self.sample_bytes = 0;
+        self.sample_wait = Duration::ZERO;
+    }
 }
 
 impl ByteStream for FtpStream {
@@ -798,12 +837,18 @@ impl ByteStream for FtpStream {
         let Some(xfer) = self.xfer.as_mut() else {
             return Ok(0);
         };
+        let started = Instant::now();
         match xfer.read(buf) {
             Ok(n) => {
                 self.lease
                     .server
                     .bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
+                self.sample_wait += started.elapsed();
+                self.sample_bytes += n as u64;
+                if self.sample_bytes >= speed::THROUGHPUT_SAMPLE_BYTES || n == 0 {
+                    self.report();
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -819,6 +864,7 @@ impl ByteStream for FtpStream {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
+        self.report();
         let label = self.lease.server.label().to_string();
         let Some(xfer) = self.xfer.take() else {
             return Ok(());
@@ -837,6 +883,7 @@ impl ByteStream for FtpStream {
 
 impl FtpStream {
     fn abort_now(&mut self) {
+        self.report();
         let label = self.lease.server.label().to_string();
         if let Some(xfer) = self.xfer.take() {
             let ok = match self.lease.conn_mut() {
