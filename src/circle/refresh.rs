@@ -41,7 +41,13 @@ impl Circle {
     /// errors of those that failed, so startup can name them.
     pub fn check_servers(&self) -> Vec<Error> {
         let all = ServerSet::all(self.backend.servers());
-        self.fetch_all(all, b"", Priority::Foreground)
+        let fetched = self.fetch_all(all, b"", Priority::Foreground);
+        if let Ok(mut l) = self.listed.lock() {
+            for (server, _) in fetched.iter().filter(|(_, f)| f.result.is_ok()) {
+                l.insert(*server);
+            }
+        }
+        fetched
             .into_iter()
             .filter_map(|(_, f)| f.result.as_ref().err().cloned())
             .collect()
@@ -74,6 +80,12 @@ impl Circle {
         let mut ok = Vec::new();
         let mut first_err = None;
         let mut failed = ServerSet::default();
+        let listed = fetched.iter().filter(|(_, f)| f.result.is_ok());
+        if let Ok(mut l) = self.listed.lock() {
+            for (server, _) in listed {
+                l.insert(*server);
+            }
+        }
         for (server, f) in &fetched {
             match &f.result {
                 Ok(entries) => ok.push((*server, &entries[..])),
