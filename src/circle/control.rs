@@ -169,6 +169,14 @@ impl Circle {
             .then(|| h.since.unwrap_or(self.mounted_at))
     }
 
+    /// Is `ino` in a server's view? Its files are never prefetched: the prefetch cache is
+    /// keyed by path, and a view's copy of a path may be the one the merged tree hides.
+    pub(super) fn in_view(&self, ino: u64) -> bool {
+        self.nodes
+            .read()
+            .is_ok_and(|n| self.view_of(&n, ino).is_some())
+    }
+
     /// The view of server `s`, relative to the mount root (`.ftpcircle/servers/<name>`).
     pub fn view_path(&self, s: usize) -> String {
         let name = self
