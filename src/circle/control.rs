@@ -24,7 +24,8 @@
 //! - view names are derived from the labels alone (stable across mounts of the same
 //!   serverlist) and unique: `/` becomes `_`, and a repeated name gets `~<line>` appended;
 //! - the status files are generated from memory (the pool's own records), never from the
-//!   network; each open sees one consistent snapshot.
+//!   network, and without taking the inode table's lock (getattr generates them under it);
+//!   each open sees one consistent snapshot.
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU32;
@@ -178,17 +179,13 @@ impl Circle {
     }
 
     /// The view of server `s`, relative to the mount root (`.ftpcircle/servers/<name>`).
+    /// Takes no lock: the status files are generated under the table's lock.
     pub fn view_path(&self, s: usize) -> String {
-        let name = self
-            .nodes
-            .read()
-            .ok()
-            .and_then(|n| n.get(VIEWS + s as u64).map(|n| n.name.to_vec()))
-            .unwrap_or_default();
+        let name = self.view_names.get(s).map_or(&[][..], |n| &n[..]);
         format!(
             "{}/servers/{}",
             String::from_utf8_lossy(&self.opts.control_dir),
-            String::from_utf8_lossy(&name)
+            String::from_utf8_lossy(name)
         )
     }
 
