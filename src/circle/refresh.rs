@@ -9,9 +9,10 @@
 //!
 //! Offline entries: a server whose listing fails keeps its last known entries of that
 //! directory in the merged listing for `--offline-keep` after it went offline
-//! ([`Circle::offline_entries`]), as long as the listing cache still holds them; they show it as offline ([`Circle::offline_since`]) and
-//! reading a file only it holds fails at once (its pool answers "marked down"). A server
-//! down since the mount has no known entries: it contributes nothing.
+//! ([`Circle::offline_entries`]), as long as the listing cache still holds them. They show
+//! the server as offline ([`Circle::offline_since`]), and opening a file only down servers
+//! hold fails at once (see [`super::handles`]). A server down since the mount has no known
+//! entries: it contributes nothing.
 //!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
