@@ -9,6 +9,8 @@
 //!   `SERVERLIST MOUNTPOINT fuse.ftpcircle-fs OPTIONS`);
 //! - `mount.ftpcircle-fs SERVERLIST MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]`: the binary
 //!   called through a symlink of that name, as mount(8) calls the helper of `-t ftpcircle-fs`;
+//! - `ftpcircle-fs check [SERVERLIST]`: probe every server without mounting (see
+//!   [`crate::check`]);
 //! - `ftpcircle-fs completions SHELL`: a completion script on stdout.
 //!
 //! Invariant: every long option is also accepted as an `-o` key (`-o cache_ttl=120` is
@@ -33,7 +35,7 @@ pub const VERSION: &str = env!("FTPCIRCLE_VERSION");
     about = "Mount every FTP/FTPS server in serverlist.txt as one merged, read-only tree",
     after_help = "Every long option is also accepted as an -o key: -o cache_ttl=120,no_prefetch.\n\
                   fstab: SERVERLIST MOUNTPOINT fuse.ftpcircle-fs ro,_netdev,allow_other 0 0",
-    override_usage = "ftpcircle-fs [OPTIONS] [SERVERLIST] <MOUNTPOINT>\n       ftpcircle-fs completions <SHELL>",
+    override_usage = "ftpcircle-fs [OPTIONS] [SERVERLIST] <MOUNTPOINT>\n       ftpcircle-fs check [--json] [--timeout SECS] [SERVERLIST]\n       ftpcircle-fs completions <SHELL>",
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
@@ -70,6 +72,12 @@ pub struct Args {
     /// Don't fetch directory listings and small files ahead of the walker
     #[arg(long)]
     pub no_prefetch: bool,
+    /// How long a server that stops answering keeps its last known entries in the tree (marked offline), in seconds
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub offline_keep: f64,
+    /// Name of the control directory at the mount root (status files, each server's own tree)
+    #[arg(long, default_value = ".ftpcircle", value_name = "NAME")]
+    pub control_dir: String,
     /// Stay in the foreground (either way, SIGINT and SIGTERM unmount cleanly)
     #[arg(short, long)]
     pub foreground: bool,
@@ -89,11 +97,34 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Connect to every server of the serverlist (in parallel, no mount) and say what works;
+    /// exit 0 when every server is usable, 1 otherwise, 2 for a bad serverlist
+    Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// `ftpcircle-fs check [OPTIONS] [SERVERLIST]`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// serverlist.txt to check (same as --servers)
+    #[arg(value_name = "SERVERLIST")]
+    pub serverlist: Option<PathBuf>,
+    /// serverlist.txt to check [default: as for mounting]
+    #[arg(long, value_name = "FILE")]
+    pub servers: Option<PathBuf>,
+    /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout in seconds for every connect, login and command (all servers in parallel)
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `main` should do.
@@ -103,6 +134,8 @@ pub enum Parsed {
     Mount { args: Box<Args>, fake: bool },
     /// Print this text on stdout and exit 0 (help, version, completions).
     Print(String),
+    /// `ftpcircle-fs check`.
+    Check(CheckArgs),
 }
 
 /// A command-line error: the message and whether it is bad usage (status 2).
@@ -186,8 +219,24 @@ pub fn parse(argv: Vec<OsString>) -> Result<Parsed, Usage> {
             };
         }
     };
-    if let Some(Cmd::Completions { shell }) = args.command {
-        return Ok(Parsed::Print(completions(shell)));
+    match args.command.take() {
+        Some(Cmd::Completions { shell }) => return Ok(Parsed::Print(completions(shell))),
+        Some(Cmd::Check(mut check)) => {
+            if let Some(list) = check.serverlist.take() {
+                if check.servers.is_some() {
+                    return Err(Usage(
+                        "the serverlist is given twice (as SERVERLIST and as --servers); give it once"
+                            .into(),
+                    ));
+                }
+                check.servers = Some(list);
+            }
+            if !(check.timeout > 0.0 && check.timeout <= 3600.0) {
+                return Err(Usage("--timeout must be between 0 and 3600 seconds".into()));
+            }
+            return Ok(Parsed::Check(check));
+        }
+        None => {}
     }
     // Two positionals: SERVERLIST MOUNTPOINT; one: MOUNTPOINT (clap fills the first slot).
     if args.mountpoint.is_none() {

@@ -9,10 +9,12 @@
 //! - [`logging`]: the logger, which never lets a password through;
 //! - [`mounts`]: this namespace's mount table (what is mounted where; is our mount still here);
 //! - [`preflight`]: the checks before mounting, each failure saying what to do;
+//! - [`check`]: `ftpcircle-fs check`, every server probed without mounting;
 //! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions;
 //! - [`workers`]: bounded thread pools for everything that runs in the background.
 
 pub mod backend;
+pub mod check;
 pub mod circle;
 pub mod cli;
 pub mod error;

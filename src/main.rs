@@ -27,7 +27,7 @@ use ftpcircle_fs::ftp::conn::Endpoint;
 use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
 use ftpcircle_fs::serverlist::{self, Tls};
-use ftpcircle_fs::{ftp, fuse, logging, mounts, preflight};
+use ftpcircle_fs::{check, ftp, fuse, logging, mounts, preflight};
 
 /// glibc malloc settings, set before any thread starts.
 ///
@@ -87,6 +87,7 @@ fn main() -> ExitCode {
     tune_malloc();
     let (args, fake) = match cli::parse_env() {
         Ok(Parsed::Mount { args, fake }) => (args, fake),
+        Ok(Parsed::Check(check)) => return run_check(&check),
         Ok(Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -124,6 +125,42 @@ fn main() -> ExitCode {
     daemonize(&args, specs)
 }
 
+/// `ftpcircle-fs check`: 0 every server usable, 1 not, 2 bad serverlist or CA file.
+fn run_check(check: &cli::CheckArgs) -> ExitCode {
+    // No logger: every problem is in the report (suppaftp would add noise on stderr).
+    let specs = match serverlist::locate(check.servers.as_deref())
+        .and_then(|p| serverlist::load(&p).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ftpcircle-fs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = if specs.iter().any(|s| s.tls != Tls::Plain) {
+        match ftp::tls::client_config(check.ca_file.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("ftpcircle-fs: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let reports = check::check_all(specs, tls, Duration::from_secs_f64(check.timeout));
+    if check.json {
+        print!("{}", check::json(&reports));
+    } else {
+        print!("{}", check::table(&reports));
+    }
+    if reports.iter().all(check::Report::usable) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn check_args(args: &Args) -> Result<(), Failure> {
     if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
         return Err(Failure::input(
@@ -140,6 +177,17 @@ fn check_args(args: &Args) -> Result<(), Failure> {
         return Err(Failure::input(
             "--max-total-connections must be between 2 and 100000",
         ));
+    }
+    if !(args.offline_keep >= 0.0 && args.offline_keep <= 365.0 * 86400.0) {
+        return Err(Failure::input(
+            "--offline-keep must be between 0 and one year",
+        ));
+    }
+    let name = args.control_dir.as_str();
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.len() > 255 {
+        return Err(Failure::input(format!(
+            "--control-dir {name:?}: must be one file name (not empty, `.`, `..`, no `/`)"
+        )));
     }
     fuse::config(&args.options).map_err(Failure::input)?;
     preflight::mount_point(args.mountpoint(), fuse::nonempty_allowed(&args.options))
@@ -321,6 +369,8 @@ fn run(
             // A listing is one connect + login + command + transfer, each bounded by timeout.
             max_wait: timeout * 6,
             prefetch: !args.no_prefetch,
+            offline_keep: Duration::from_secs_f64(args.offline_keep),
+            control_dir: args.control_dir.as_bytes().to_vec(),
         },
     ));
     // Enough workers to use every spare connection (all but one per server), within reason.

@@ -16,11 +16,17 @@ _ftpcircle__fs() {
             ",$1")
                 cmd="ftpcircle__fs"
                 ;;
+            ftpcircle__fs,check)
+                cmd="ftpcircle__fs__subcmd__check"
+                ;;
             ftpcircle__fs,completions)
                 cmd="ftpcircle__fs__subcmd__completions"
                 ;;
             ftpcircle__fs,help)
                 cmd="ftpcircle__fs__subcmd__help"
+                ;;
+            ftpcircle__fs__subcmd__help,check)
+                cmd="ftpcircle__fs__subcmd__help__subcmd__check"
                 ;;
             ftpcircle__fs__subcmd__help,completions)
                 cmd="ftpcircle__fs__subcmd__help__subcmd__completions"
@@ -35,7 +41,7 @@ _ftpcircle__fs() {
 
     case "${cmd}" in
         ftpcircle__fs)
-            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --max-total-connections --cache-ttl --cache-entries --no-prefetch --foreground --log-file --verbose --quiet --help --version completions help"
+            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --max-total-connections --cache-ttl --cache-entries --no-prefetch --offline-keep --control-dir --foreground --log-file --verbose --quiet --help --version check completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -69,11 +75,45 @@ _ftpcircle__fs() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --offline-keep)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --log-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ftpcircle__subcmd__fs__subcmd__check)
+            opts="-h --servers --ca-file --timeout --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --servers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -99,8 +139,22 @@ _ftpcircle__fs() {
             return 0
             ;;
         ftpcircle__subcmd__fs__subcmd__help)
-            opts="completions help"
+            opts="check completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ftpcircle__subcmd__fs__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_ftpcircle_fs_global_optspecs
-    string join \n servers= ca-file= timeout= max-connections= max-total-connections= cache-ttl= cache-entries= no-prefetch f/foreground o= log-file= v/verbose q/quiet h/help V/version
+    string join \n servers= ca-file= timeout= max-connections= max-total-connections= cache-ttl= cache-entries= no-prefetch offline-keep= control-dir= f/foreground o= log-file= v/verbose q/quiet h/help V/version
 end
 
 function __fish_ftpcircle_fs_needs_command
@@ -31,6 +31,8 @@ complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-connectio
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l max-total-connections -d 'Sockets to servers at most, over all servers; a connection counts two (control and data). Idle connections of rarely used servers close first' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-ttl -d 'How long directory listings are cached, in seconds' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l cache-entries -d 'How many directory entries the listing cache holds at most, over all listings' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l offline-keep -d 'How long a server that stops answering keeps its last known entries in the tree (marked offline), in seconds' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l control-dir -d 'Name of the control directory at the mount root (status files, each server\'s own tree)' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s o -d 'Mount options, comma separated: FUSE options (allow_other, allow_root, auto_unmount, ...) and any long option as a key (cache_ttl=120)' -r
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l log-file -d 'Append the log to this file (otherwise stderr in the foreground, syslog as a daemon)' -r -F
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -l no-prefetch -d 'Don\'t fetch directory listings and small files ahead of the walker'
@@ -39,8 +41,15 @@ complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s v -l verbose 
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s q -l quiet -d 'Only errors in the log'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s h -l help -d 'Print help'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -s V -l version -d 'Print version'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -a "check" -d 'Connect to every server of the serverlist (in parallel, no mount) and say what works; exit 0 when every server is usable, 1 otherwise, 2 for a bad serverlist'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand check" -l servers -d 'serverlist.txt to check [default: as for mounting]' -r -F
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand check" -l ca-file -d 'Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA' -r -F
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand check" -l timeout -d 'Timeout in seconds for every connect, login and command (all servers in parallel)' -r
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand check" -l json -d 'Print JSON instead of a table'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand check" -s h -l help -d 'Print help'
 complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand help; and not __fish_seen_subcommand_from completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout'
-complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand help; and not __fish_seen_subcommand_from completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand help; and not __fish_seen_subcommand_from check completions help" -f -a "check" -d 'Connect to every server of the serverlist (in parallel, no mount) and say what works; exit 0 when every server is usable, 1 otherwise, 2 for a bad serverlist'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand help; and not __fish_seen_subcommand_from check completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout'
+complete -c ftpcircle-fs -n "__fish_ftpcircle_fs_using_subcommand help; and not __fish_seen_subcommand_from check completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -12,6 +12,9 @@
 //!   LRU bound);
 //! - a failed fetch is cached too, but only for [`ERROR_TTL`], so a server that is down is not
 //!   asked again by every lookup, yet comes back soon;
+//! - a failed fetch carries the last listing that server gave of that directory
+//!   ([`Fetched::last_ok`]), so the merged view can keep a down server's entries for a while
+//!   (`--offline-keep`); it costs its entries against the bound like any listing;
 //! - a waiter never waits longer than the fetch itself is allowed to take (bounded by the
 //!   network timeouts) plus a margin.
 
@@ -35,6 +38,22 @@ pub type Key = (usize, Box<[u8]>);
 pub struct Fetched {
     pub at: Instant,
     pub result: Result<Arc<[RawEntry]>>,
+    /// After a failure: the last listing this server gave of this directory, and when, if
+    /// still cached (the entries of a server that went down).
+    pub last_ok: Option<LastOk>,
+}
+
+/// A listing that succeeded earlier: when it was fetched, and its entries.
+pub type LastOk = (Instant, Arc<[RawEntry]>);
+
+impl Fetched {
+    /// What this fetch says was last known to be there: its own entries, or those it carries.
+    fn known(&self) -> Option<LastOk> {
+        match &self.result {
+            Ok(e) => Some((self.at, Arc::clone(e))),
+            Err(_) => self.last_ok.clone(),
+        }
+    }
 }
 
 impl Fetched {
@@ -64,6 +83,7 @@ impl Lru {
     fn len_of(f: &Fetched) -> usize {
         // An error or empty listing still costs a slot.
         f.result.as_ref().map_or(1, |e| e.len().max(1))
+            + f.last_ok.as_ref().map_or(0, |(_, e)| e.len())
     }
 
     fn put(&mut self, key: Key, f: Arc<Fetched>) {
@@ -123,6 +143,12 @@ impl ListingCache {
         lru.map.get(key).filter(|f| f.fresh(self.ttl)).cloned()
     }
 
+    /// The last listing of `key` that succeeded, if still cached (whatever its age).
+    pub fn last_known(&self, key: &Key) -> Option<LastOk> {
+        let lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lru.map.peek(key).and_then(|f| f.known())
+    }
+
     /// The listing of `path` on `server`: cached if fresh, else fetched once for all callers.
     pub fn get(
         &self,
@@ -159,9 +185,14 @@ impl ListingCache {
                 .list(server, path, prio)
                 .and_then(|entries| with_targets(backend, server, path, prio, entries))
                 .map(Arc::from);
+            let last_ok = match result {
+                Ok(_) => None,
+                Err(_) => self.last_known(&key),
+            };
             let fetched = Arc::new(Fetched {
                 at: Instant::now(),
                 result,
+                last_ok,
             });
             self.lru
                 .lock()
@@ -191,6 +222,7 @@ impl ListingCache {
                         Kind::Unavailable,
                         format!("{}: marked down", backend.label(server)),
                     )),
+                    last_ok: self.last_known(&key),
                 });
             }
             if now >= deadline {
@@ -204,6 +236,7 @@ impl ListingCache {
                             self.max_wait
                         ),
                     )),
+                    last_ok: self.last_known(&key),
                 });
             }
             // Wake up now and then to notice the server being marked down.

@@ -7,6 +7,13 @@
 //! directory asks (its sources, keeping those that failed this time), conflict logging, and
 //! invalidation after a read found a file changed.
 //!
+//! Offline entries: a server whose listing fails keeps its last known entries of that
+//! directory in the merged listing for `--offline-keep` after it went offline
+//! ([`Circle::offline_entries`]), as long as the listing cache still holds them. They show
+//! the server as offline ([`Circle::offline_since`]), and opening a file only down servers
+//! hold fails at once (see [`super::handles`]). A server down since the mount has no known
+//! entries: it contributes nothing.
+//!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
 //!   table to be dropped once the kernel lets go of them;
@@ -16,13 +23,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::inodes::{Node, NodeKind};
+use super::inodes::{DirRole, Node, NodeKind};
 use super::merge::{self, Merged, MergedKind};
 use super::server_set::ServerSet;
 use super::{Circle, ROOT, cache, lock_err};
-use crate::backend::Priority;
+use crate::backend::{Priority, RawEntry};
 use crate::error::{Error, Kind, Result};
 
 /// Listings of one directory run on at most this many threads (plus the requesting one). A
@@ -35,7 +42,13 @@ impl Circle {
     /// errors of those that failed, so startup can name them.
     pub fn check_servers(&self) -> Vec<Error> {
         let all = ServerSet::all(self.backend.servers());
-        self.fetch_all(all, b"", Priority::Foreground)
+        let fetched = self.fetch_all(all, b"", Priority::Foreground);
+        if let Ok(mut l) = self.listed.lock() {
+            for (server, _) in fetched.iter().filter(|(_, f)| f.result.is_ok()) {
+                l.insert(*server);
+            }
+        }
+        fetched
             .into_iter()
             .filter_map(|(_, f)| f.result.as_ref().err().cloned())
             .collect()
@@ -65,7 +78,7 @@ impl Circle {
             let NodeKind::Dir(d) = &node.kind else {
                 return Err(Error::new(Kind::NotDir, "not a directory"));
             };
-            if d.expires.is_some_and(|e| Instant::now() < e) {
+            if d.expires.is_some_and(|e| Instant::now() < e) || d.role == DirRole::Control {
                 return Ok(());
             }
             (Self::path_of(&nodes, ino), node.sources.clone())
@@ -74,6 +87,12 @@ impl Circle {
         let mut ok = Vec::new();
         let mut first_err = None;
         let mut failed = ServerSet::default();
+        let listed = fetched.iter().filter(|(_, f)| f.result.is_ok());
+        if let Ok(mut l) = self.listed.lock() {
+            for (server, _) in listed {
+                l.insert(*server);
+            }
+        }
         for (server, f) in &fetched {
             match &f.result {
                 Ok(entries) => ok.push((*server, &entries[..])),
@@ -83,6 +102,9 @@ impl Circle {
                     log::warn!("{e}");
                     failed.insert(*server);
                     first_err.get_or_insert_with(|| e.clone());
+                    if let Some(entries) = self.offline_entries(*server, f) {
+                        ok.push((*server, entries));
+                    }
                 }
             }
         }
@@ -99,6 +121,7 @@ impl Circle {
         let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
         let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
+        self.keep_conflicts(ino, conflicts);
         let expires = Instant::now()
             + if first_err.is_some() {
                 self.opts.ttl.min(cache::ERROR_TTL)
@@ -106,6 +129,23 @@ impl Circle {
                 self.opts.ttl
             };
         self.apply(ino, &path, merged, failed, expires)
+    }
+
+    /// The entries a failed listing of `server` keeps in the merged view: the last ones it
+    /// gave, while it has been offline for less than `--offline-keep` (or, for a server not
+    /// marked down, while that listing is younger than that). See the module doc.
+    pub(super) fn offline_entries<'a>(
+        &self,
+        server: usize,
+        f: &'a cache::Fetched,
+    ) -> Option<&'a [RawEntry]> {
+        let (at, entries) = f.last_ok.as_ref()?;
+        let keep = self.opts.offline_keep;
+        let offline_for = self
+            .offline_since(server)
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(Duration::MAX);
+        (at.elapsed() < keep || offline_for < keep).then_some(&entries[..])
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to
@@ -140,6 +180,7 @@ impl Circle {
                     Arc::new(cache::Fetched {
                         at: Instant::now(),
                         result: Err(Error::new(Kind::Protocol, "listing job panicked")),
+                        last_ok: None,
                     })
                 });
                 (s, f)
