@@ -8,7 +8,8 @@
 //! - [`fuse`]: the thin fuser adapter;
 //! - [`logging`]: the logger, which never lets a password through;
 //! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions;
-//! - [`workers`]: bounded thread pools for everything that runs in the background.
+//! - [`workers`]: bounded thread pools for everything that runs in the background;
+//! - [`index`]: the persistent listing index (instant start, offline servers, `locate`).
 
 pub mod backend;
 pub mod circle;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod error;
 pub mod ftp;
 pub mod fuse;
+pub mod index;
 pub mod logging;
 pub mod serverlist;
 pub mod workers;
@@ -34,4 +36,7 @@ pub const MAX_THREADS: usize = 1
     + circle::handles::READAHEAD_WORKERS
     + 1
     + ftp::pool::PROBE_WORKERS
-    + 1;
+    + 1
+    // the index writer and the revalidation pool
+    + 1
+    + circle::refresh::REVALIDATE_WORKERS;

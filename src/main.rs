@@ -17,8 +17,11 @@ use ftpcircle_fs::cli::{self, Args, Parsed};
 use ftpcircle_fs::ftp::conn::Endpoint;
 use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
+use ftpcircle_fs::index::{self, Index};
 use ftpcircle_fs::serverlist::{self, Tls};
 use ftpcircle_fs::{ftp, fuse, logging};
+
+mod commands;
 
 /// glibc malloc settings, set before any thread starts.
 ///
@@ -45,6 +48,8 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Locate(l)) => return commands::locate(&l),
+        Ok(Parsed::Crawl(c)) => return commands::crawl(&c),
         Err(cli::Usage(msg)) => {
             eprintln!("{msg}");
             return ExitCode::from(2);
@@ -73,12 +78,23 @@ fn main() -> ExitCode {
         eprintln!("ftpcircle-fs: {e}");
         return ExitCode::from(2);
     }
+    let index_path = if args.no_index {
+        None
+    } else {
+        match args.index.clone().map_or_else(|| index::default_path(&list_path), Ok) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("ftpcircle-fs: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     if fake {
         // `mount -f`: everything checked, nothing mounted.
         return ExitCode::SUCCESS;
     }
     if args.foreground {
-        return match run(&args, specs, &mut None) {
+        return match run(&args, specs, index_path.as_deref(), &mut None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ftpcircle-fs: {e}");
@@ -86,7 +102,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    daemonize(&args, specs)
+    daemonize(&args, specs, index_path.as_deref())
 }
 
 fn check_args(args: &Args) -> Result<(), String> {
@@ -115,7 +131,11 @@ fn check_args(args: &Args) -> Result<(), String> {
 }
 
 /// Fork; the child mounts and serves, the parent waits for "ready" on a pipe.
-fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
+fn daemonize(
+    args: &Args,
+    specs: Vec<serverlist::ServerSpec>,
+    index_path: Option<&std::path::Path>,
+) -> ExitCode {
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid two-element array for pipe(2).
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -136,7 +156,7 @@ fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
             // SAFETY: setsid has no preconditions; detaches from the terminal's session.
             unsafe { libc::setsid() };
             let mut pipe = Some(std::fs::File::from(wr));
-            match run(args, specs, &mut pipe) {
+            match run(args, specs, index_path, &mut pipe) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Before the mount was ready the parent prints it; after, the log has it.
@@ -171,32 +191,36 @@ fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
 fn run(
     args: &Args,
     specs: Vec<serverlist::ServerSpec>,
+    index_path: Option<&std::path::Path>,
     ready: &mut Option<std::fs::File>,
 ) -> Result<(), String> {
     let signals = block_signals();
+    // The index is a cache: a mount without it still works (said on the terminal).
+    let index = index_path.and_then(|p| match Index::open(p, &specs) {
+        Ok((ix, warnings)) => {
+            for w in warnings {
+                eprintln!("ftpcircle-fs: warning: {w}");
+            }
+            Some(Arc::new(ix))
+        }
+        Err(e) => {
+            eprintln!("ftpcircle-fs: warning: {e}; mounting without a listing index");
+            None
+        }
+    });
     let timeout = Duration::from_secs_f64(args.timeout);
     let tls = if specs.iter().any(|s| s.tls != Tls::Plain) {
         Some(ftp::tls::client_config(args.ca_file.as_deref())?)
     } else {
         None
     };
-    let limit = ConnLimit::new(args.max_total_connections);
-    let servers: Vec<Arc<Server>> = specs
-        .into_iter()
-        .map(|spec| {
-            let tls = if spec.tls == Tls::Plain {
-                None
-            } else {
-                tls.clone()
-            };
-            Server::new(
-                Endpoint::new(spec, tls, timeout),
-                args.max_connections,
-                &limit,
-            )
-        })
-        .collect();
-    let backend: Arc<dyn Backend> = Arc::new(FtpBackend::new(servers));
+    let backend = backend_of(
+        specs,
+        tls,
+        timeout,
+        args.max_connections,
+        args.max_total_connections,
+    );
     let circle = Arc::new(Circle::new(
         Arc::clone(&backend),
         circle::Options {
@@ -205,8 +229,10 @@ fn run(
             // A listing is one connect + login + command + transfer, each bounded by timeout.
             max_wait: timeout * 6,
             prefetch: !args.no_prefetch,
+            index: index.clone(),
         },
     ));
+    circle.start_revalidation();
     // Enough workers to use every spare connection (all but one per server), within reason.
     let workers = (args.max_connections.saturating_sub(1).max(1) * backend.servers()).min(16);
     circle.start_prefetch(workers);
@@ -253,6 +279,29 @@ fn run(
         });
     }
     session.run().map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// The FTP backend for `specs`.
+fn backend_of(
+    specs: Vec<serverlist::ServerSpec>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    max_connections: usize,
+    max_total_connections: usize,
+) -> Arc<dyn Backend> {
+    let limit = ConnLimit::new(max_total_connections);
+    let servers: Vec<Arc<Server>> = specs
+        .into_iter()
+        .map(|spec| {
+            let tls = if spec.tls == Tls::Plain {
+                None
+            } else {
+                tls.clone()
+            };
+            Server::new(Endpoint::new(spec, tls, timeout), max_connections, &limit)
+        })
+        .collect();
+    Arc::new(FtpBackend::new(servers))
 }
 
 /// Tell systemd (a `Type=notify` service) how the mount is doing: `READY=1` once it is usable.

@@ -13,7 +13,12 @@
 //! - a failed fetch is cached too, but only for [`ERROR_TTL`], so a server that is down is not
 //!   asked again by every lookup, yet comes back soon;
 //! - a waiter never waits longer than the fetch itself is allowed to take (bounded by the
-//!   network timeouts) plus a margin.
+//!   network timeouts) plus a margin;
+//! - with a listing index ([`crate::index`]), a listing not in memory is looked up there
+//!   first: one younger than the TTL is used as if just fetched (its age counts), an older one
+//!   is served marked [`Origin::Stale`] (the caller revalidates it in the background); every
+//!   listing fetched is recorded (queued, never written here); when a server fails, its
+//!   indexed listing is served marked [`Origin::Offline`] for [`ERROR_TTL`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,7 @@ use lru::LruCache;
 use crate::backend::{Backend, Priority};
 use crate::backend::{EntryKind, RawEntry};
 use crate::error::{Error, Kind, Result};
+use crate::index::Index;
 
 /// How long a failed listing is remembered: long enough that one `ls` of a merged directory
 /// does not retry a dead server for each name, short enough to notice it coming back.
@@ -32,17 +38,41 @@ pub const ERROR_TTL: Duration = Duration::from_secs(5);
 
 pub type Key = (usize, Box<[u8]>);
 
+/// Where a listing came from.
+#[derive(Clone, Debug, Default)]
+pub enum Origin {
+    /// Fetched from the server (or its failure).
+    #[default]
+    Network,
+    /// From the index, younger than the TTL.
+    Index,
+    /// From the index, older than the TTL: to be revalidated.
+    Stale,
+    /// From the index because the server failed with this error.
+    Offline(Error),
+}
+
 pub struct Fetched {
+    /// When it was fetched from its server (for index listings: now minus their age).
     pub at: Instant,
     pub result: Result<Arc<[RawEntry]>>,
+    pub origin: Origin,
 }
 
 impl Fetched {
+    pub fn new(at: Instant, result: Result<Arc<[RawEntry]>>) -> Fetched {
+        Fetched {
+            at,
+            result,
+            origin: Origin::Network,
+        }
+    }
+
     fn fresh(&self, ttl: Duration) -> bool {
-        let ttl = if self.result.is_ok() {
-            ttl
-        } else {
-            ttl.min(ERROR_TTL)
+        let ttl = match (&self.result, &self.origin) {
+            (_, Origin::Stale) => return false,
+            (Ok(_), Origin::Offline(_)) | (Err(_), _) => ttl.min(ERROR_TTL),
+            (Ok(_), _) => ttl,
         };
         self.at.elapsed() < ttl
     }
@@ -94,11 +124,19 @@ pub struct ListingCache {
     lru: Mutex<Lru>,
     flights: Mutex<HashMap<Key, Arc<Flight>>>,
     fetches: AtomicU64,
+    index: Option<Arc<Index>>,
+    /// Listings invalidated since their last fetch: the index's copy is out of date too.
+    bypass: Mutex<std::collections::HashSet<Key>>,
 }
 
 impl ListingCache {
     /// `entries`: bound on directory entries held, summed over all cached listings.
-    pub fn new(ttl: Duration, entries: usize, max_wait: Duration) -> Self {
+    pub fn new(
+        ttl: Duration,
+        entries: usize,
+        max_wait: Duration,
+        index: Option<Arc<Index>>,
+    ) -> Self {
         ListingCache {
             ttl,
             max_wait,
@@ -109,7 +147,13 @@ impl ListingCache {
             }),
             flights: Mutex::new(HashMap::new()),
             fetches: AtomicU64::new(0),
+            index,
+            bypass: Mutex::default(),
         }
+    }
+
+    pub fn index(&self) -> Option<&Arc<Index>> {
+        self.index.as_ref()
     }
 
     /// Listings fetched from servers so far (for tests and statistics).
@@ -123,13 +167,27 @@ impl ListingCache {
         lru.map.get(key).filter(|f| f.fresh(self.ttl)).cloned()
     }
 
-    /// The listing of `path` on `server`: cached if fresh, else fetched once for all callers.
+    /// The listing of `path` on `server`: cached if fresh, else from the index, else fetched
+    /// once for all callers.
     pub fn get(
         &self,
         backend: &dyn Backend,
         server: usize,
         path: &[u8],
         prio: Priority,
+    ) -> Arc<Fetched> {
+        self.get_with(backend, server, path, prio, true)
+    }
+
+    /// As [`get`](Self::get); `use_index: false` skips the index's copy (to revalidate it, or
+    /// to see whether the server answers).
+    pub fn get_with(
+        &self,
+        backend: &dyn Backend,
+        server: usize,
+        path: &[u8],
+        prio: Priority,
+        use_index: bool,
     ) -> Arc<Fetched> {
         let key: Key = (server, path.into());
         if let Some(f) = self.fresh(&key) {
@@ -154,15 +212,7 @@ impl ListingCache {
             }
         };
         if leader {
-            self.fetches.fetch_add(1, Ordering::Relaxed);
-            let result = backend
-                .list(server, path, prio)
-                .and_then(|entries| with_targets(backend, server, path, prio, entries))
-                .map(Arc::from);
-            let fetched = Arc::new(Fetched {
-                at: Instant::now(),
-                result,
-            });
+            let fetched = Arc::new(self.load(backend, &key, prio, use_index));
             self.lru
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -185,18 +235,18 @@ impl ListingCache {
             // A listing that started before its server was marked down may still be waiting
             // out its timeout; nobody else has to wait with it.
             if backend.is_down(server) {
-                return Arc::new(Fetched {
-                    at: now,
-                    result: Err(Error::new(
+                return Arc::new(Fetched::new(
+                    now,
+                    Err(Error::new(
                         Kind::Unavailable,
                         format!("{}: marked down", backend.label(server)),
                     )),
-                });
+                ));
             }
             if now >= deadline {
-                return Arc::new(Fetched {
-                    at: now,
-                    result: Err(Error::new(
+                return Arc::new(Fetched::new(
+                    now,
+                    Err(Error::new(
                         Kind::Network,
                         format!(
                             "{}: listing still running after {:?}",
@@ -204,7 +254,7 @@ impl ListingCache {
                             self.max_wait
                         ),
                     )),
-                });
+                ));
             }
             // Wake up now and then to notice the server being marked down.
             let nap = (deadline - now).min(Duration::from_millis(100));
@@ -216,10 +266,82 @@ impl ListingCache {
         }
     }
 
+    /// The leader's work: the index's copy if usable, else the server (recorded in the index),
+    /// else, when the server fails, the index's copy marked offline.
+    fn load(&self, backend: &dyn Backend, key: &Key, prio: Priority, use_index: bool) -> Fetched {
+        let (server, path) = (key.0, &key.1[..]);
+        let index = self.index.as_deref();
+        let bypassed = || {
+            self.bypass
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(key)
+        };
+        if use_index
+            && let Some(ix) = index
+            && !bypassed()
+            && let Some(stored) = ix.listing(server, path)
+        {
+            let now = Instant::now();
+            let result = Ok(Arc::from(stored.entries));
+            return match now.checked_sub(stored.age) {
+                Some(at) if stored.age < self.ttl => Fetched {
+                    at,
+                    result,
+                    origin: Origin::Index,
+                },
+                at => Fetched {
+                    at: at.unwrap_or(now),
+                    result,
+                    origin: Origin::Stale,
+                },
+            };
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = backend
+            .list(server, path, prio)
+            .and_then(|entries| with_targets(backend, server, path, prio, entries));
+        let now = Instant::now();
+        let Some(ix) = index else {
+            return Fetched::new(now, result.map(Arc::from));
+        };
+        match result {
+            Ok(entries) => {
+                ix.record(server, path, &entries);
+                self.bypass
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
+                Fetched::new(now, Ok(Arc::from(entries)))
+            }
+            Err(e) if e.kind == Kind::NotFound => {
+                ix.forget(server, path);
+                Fetched::new(now, Err(e))
+            }
+            Err(e) => match (bypassed(), ix.listing(server, path)) {
+                (false, Some(stored)) => Fetched {
+                    at: now,
+                    result: Ok(Arc::from(stored.entries)),
+                    origin: Origin::Offline(e),
+                },
+                _ => Fetched::new(now, Err(e)),
+            },
+        }
+    }
+
     /// Forget a listing (after a read found the file changed on the server).
     pub fn invalidate(&self, server: usize, path: &[u8]) {
         let key: Key = (server, path.into());
         self.lru.lock().unwrap_or_else(|p| p.into_inner()).pop(&key);
+        if let Some(ix) = &self.index {
+            ix.forget(server, path);
+            let mut bypass = self.bypass.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: the index forgets these too, so the set is only a guard until then.
+            if bypass.len() >= 10_000 {
+                bypass.clear();
+            }
+            bypass.insert(key);
+        }
     }
 }
 

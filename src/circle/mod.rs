@@ -39,8 +39,8 @@ pub mod refresh;
 pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{Backend, Priority};
@@ -89,6 +89,8 @@ pub struct Options {
     pub max_wait: Duration,
     /// Fetch listings and small files ahead of the walker (see [`prefetch`]).
     pub prefetch: bool,
+    /// The persistent listing index (see [`crate::index`]), if any.
+    pub index: Option<Arc<crate::index::Index>>,
 }
 
 pub struct Circle {
@@ -112,6 +114,13 @@ pub struct Circle {
     gone: Mutex<Option<inodes::GoneSender>>,
     queue: Arc<Queue>,
     prefetched: FileCache,
+    /// Revalidates directories served from stale index listings (see [`refresh`]).
+    revalidators: Workers,
+    revalidating: Mutex<HashSet<u64>>,
+    /// Itself, for background jobs (set by [`Circle::start_revalidation`]).
+    me: OnceLock<Weak<Circle>>,
+    /// Per server: its entries come from the index because it failed.
+    offline: Vec<AtomicBool>,
 }
 
 fn lock_err() -> Error {
@@ -143,7 +152,14 @@ impl Circle {
                 opts.ttl,
                 opts.cache_entries,
                 opts.max_wait,
+                opts.index.clone(),
             )),
+            revalidators: Workers::new("ftpc-revalidate", refresh::REVALIDATE_WORKERS),
+            revalidating: Mutex::default(),
+            me: OnceLock::new(),
+            offline: (0..backend.servers())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             listers: Workers::new("ftpc-list", LIST_WORKERS),
             readahead: Arc::new(Workers::new("ftpc-readahead", READAHEAD_WORKERS)),
             backend,

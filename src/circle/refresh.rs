@@ -7,6 +7,11 @@
 //! directory asks (its sources, keeping those that failed this time), conflict logging, and
 //! invalidation after a read found a file changed.
 //!
+//! With a listing index: a directory merged from a listing older than the TTL
+//! ([`Origin::Stale`](cache::Origin::Stale)) is served at once and revalidated in the
+//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time); a server
+//! that fails contributes its indexed listing, and is marked offline until it answers again.
+//!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
 //!   table to be dropped once the kernel lets go of them;
@@ -15,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use super::inodes::{Node, NodeKind};
@@ -30,15 +35,86 @@ use crate::error::{Error, Kind, Result};
 /// all waited out in parallel and startup takes about one timeout, not one per 128 of them.
 pub const LIST_WORKERS: usize = 128;
 
+/// Directories revalidated in the background at once (after a restart, as a walker visits
+/// listings older than the TTL): each uses one spare connection per server holding it
+/// (background priority), so 4 keep a server's default 4 connections busy without crowding
+/// out the walker.
+pub const REVALIDATE_WORKERS: usize = 4;
+
 impl Circle {
     /// Fetch the root listing of every server (in parallel, through the cache) and return the
     /// errors of those that failed, so startup can name them.
     pub fn check_servers(&self) -> Vec<Error> {
         let all = ServerSet::all(self.backend.servers());
-        self.fetch_all(all, b"", Priority::Foreground)
+        // Asked of the servers themselves, not of the index: this is to see who answers.
+        self.fetch_all(all, b"", Priority::Foreground, false)
             .into_iter()
-            .filter_map(|(_, f)| f.result.as_ref().err().cloned())
+            .filter_map(|(s, f)| match (&f.result, &f.origin) {
+                (Err(e), _) => Some(e.clone()),
+                (Ok(_), cache::Origin::Offline(e)) => {
+                    self.mark_offline(s, true);
+                    Some(Error::new(
+                        e.kind,
+                        format!("{e}; showing its entries from the listing index, marked offline"),
+                    ))
+                }
+                _ => None,
+            })
             .collect()
+    }
+
+    /// Servers whose entries are shown from the listing index because they failed.
+    pub fn offline_servers(&self) -> Vec<usize> {
+        (0..self.offline.len())
+            .filter(|&s| self.offline[s].load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn mark_offline(&self, server: usize, offline: bool) {
+        if let Some(flag) = self.offline.get(server)
+            && flag.swap(offline, Ordering::Relaxed) != offline
+        {
+            if offline {
+                log::warn!(
+                    "{}: down; showing its entries from the listing index (offline)",
+                    self.backend.label(server)
+                );
+            } else {
+                log::info!("{}: answers again (online)", self.backend.label(server));
+            }
+        }
+    }
+
+    /// Let stale directories be revalidated in the background (without this, e.g. in unit
+    /// tests that do not want it, they are only refetched when their TTL runs out).
+    pub fn start_revalidation(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Refresh directory `ino` from its servers, not from the index, in the background (once
+    /// at a time per directory).
+    fn queue_revalidate(&self, ino: u64) {
+        let Some(me) = self.me.get().cloned() else {
+            return;
+        };
+        {
+            let mut pending = self.revalidating.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded by the directories the table holds; each leaves when its job ends.
+            if !pending.insert(ino) {
+                return;
+            }
+        }
+        self.revalidators.spawn(move || {
+            if let Some(c) = me.upgrade() {
+                if let Err(e) = c.refresh_dir_with(ino, Priority::Background, false) {
+                    log::debug!("revalidating a directory: {e}");
+                }
+                c.revalidating
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ino);
+            }
+        });
     }
 
     /// Make sure the merged listing of directory `ino` is fresh, fetching if needed, then
@@ -53,22 +129,44 @@ impl Circle {
 
     /// Make sure the merged listing of directory `ino` is fresh, fetching if needed.
     pub(super) fn refresh_dir(&self, ino: u64, prio: Priority) -> Result<()> {
+        self.refresh_dir_with(ino, prio, true)
+    }
+
+    /// As [`refresh_dir`](Self::refresh_dir); `use_index: false` revalidates: the listings
+    /// are fetched from the servers even when the directory looks fresh.
+    fn refresh_dir_with(&self, ino: u64, prio: Priority, use_index: bool) -> Result<()> {
         let (path, servers) = {
             let nodes = self.nodes.read().map_err(|_| lock_err())?;
             let node = nodes.get(ino).ok_or_else(Error::not_found)?;
             let NodeKind::Dir(d) = &node.kind else {
                 return Err(Error::new(Kind::NotDir, "not a directory"));
             };
-            if d.expires.is_some_and(|e| Instant::now() < e) {
+            if use_index && d.expires.is_some_and(|e| Instant::now() < e) {
                 return Ok(());
             }
             (Self::path_of(&nodes, ino), node.sources.clone())
         };
-        let fetched = self.fetch_all(servers, &path, prio);
+        let fetched = self.fetch_all(servers, &path, prio, use_index);
         let mut ok = Vec::new();
         let mut first_err = None;
         let mut failed = ServerSet::default();
+        let mut stale = false;
+        // The merged listing is as old as its oldest part.
+        let mut oldest = Instant::now();
         for (server, f) in &fetched {
+            match (&f.origin, &f.result) {
+                (cache::Origin::Offline(e), Ok(entries)) => {
+                    self.mark_offline(*server, true);
+                    ok.push((*server, &entries[..]));
+                    failed.insert(*server);
+                    first_err.get_or_insert_with(|| e.clone());
+                    continue;
+                }
+                (cache::Origin::Stale, _) => stale = true,
+                (cache::Origin::Index, _) => oldest = oldest.min(f.at),
+                (cache::Origin::Network, Ok(_)) => self.mark_offline(*server, false),
+                _ => {}
+            }
             match &f.result {
                 Ok(entries) => ok.push((*server, &entries[..])),
                 // The directory went away on that server: it contributes nothing.
@@ -88,13 +186,16 @@ impl Circle {
         let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
         let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
-        let expires = Instant::now()
-            + if first_err.is_some() {
-                self.opts.ttl.min(cache::ERROR_TTL)
-            } else {
-                self.opts.ttl
-            };
-        self.apply(ino, &path, merged, failed, expires)
+        let expires = if first_err.is_some() {
+            Instant::now() + self.opts.ttl.min(cache::ERROR_TTL)
+        } else {
+            oldest + self.opts.ttl
+        };
+        self.apply(ino, &path, merged, failed, expires)?;
+        if stale {
+            self.queue_revalidate(ino);
+        }
+        Ok(())
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to
@@ -104,6 +205,7 @@ impl Circle {
         servers: ServerSet,
         path: &[u8],
         prio: Priority,
+        use_index: bool,
     ) -> Vec<(usize, Arc<cache::Fetched>)> {
         let backend = self.backend.as_ref();
         let missing = servers
@@ -113,23 +215,23 @@ impl Circle {
         if missing <= 1 {
             return servers
                 .iter()
-                .map(|s| (s, self.cache.get(backend, s, path, prio)))
+                .map(|s| (s, self.cache.get_with(backend, s, path, prio, use_index)))
                 .collect();
         }
         let list: Vec<usize> = servers.iter().collect();
         let (cache, backend) = (Arc::clone(&self.cache), Arc::clone(&self.backend));
         let shared_path: Arc<[u8]> = path.into();
         let fetched = self.listers.map(list.clone(), move |s| {
-            cache.get(backend.as_ref(), s, &shared_path, prio)
+            cache.get_with(backend.as_ref(), s, &shared_path, prio, use_index)
         });
         list.into_iter()
             .zip(fetched)
             .map(|(s, f)| {
                 let f = f.unwrap_or_else(|| {
-                    Arc::new(cache::Fetched {
-                        at: Instant::now(),
-                        result: Err(Error::new(Kind::Protocol, "listing job panicked")),
-                    })
+                    Arc::new(cache::Fetched::new(
+                        Instant::now(),
+                        Err(Error::new(Kind::Protocol, "listing job panicked")),
+                    ))
                 });
                 (s, f)
             })

@@ -191,6 +191,7 @@ fn circle(mock: Mock, ttl: Duration) -> (Arc<Mock>, Circle) {
             cache_entries: 10_000,
             max_wait: Duration::from_secs(5),
             prefetch: false,
+            index: None,
         },
     );
     (mock, c)
