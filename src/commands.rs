@@ -12,9 +12,7 @@ use ftpcircle_fs::serverlist::{self, ServerSpec, Tls};
 use ftpcircle_fs::{ftp, logging};
 
 /// The serverlist (when there is one) and the index file of `f`.
-fn where_is(
-    f: &IndexFile,
-) -> Result<(Option<Vec<ServerSpec>>, std::path::PathBuf), String> {
+fn where_is(f: &IndexFile) -> Result<(Option<Vec<ServerSpec>>, std::path::PathBuf), String> {
     let specs = match serverlist::locate(f.servers.as_deref()) {
         Ok(list) => Some((serverlist::load(&list).map_err(|e| e.to_string())?, list)),
         // `locate --index FILE` works without a serverlist (every server in the file).

@@ -81,7 +81,11 @@ fn main() -> ExitCode {
     let index_path = if args.no_index {
         None
     } else {
-        match args.index.clone().map_or_else(|| index::default_path(&list_path), Ok) {
+        match args
+            .index
+            .clone()
+            .map_or_else(|| index::default_path(&list_path), Ok)
+        {
             Ok(p) => Some(p),
             Err(e) => {
                 eprintln!("ftpcircle-fs: {e}");
@@ -278,7 +282,12 @@ fn run(
             }
         });
     }
-    session.run().map_err(|e| format!("FUSE session: {e}"))
+    let served = session.run().map_err(|e| format!("FUSE session: {e}"));
+    // Whatever listings are still queued are written before the process ends.
+    if let Some(ix) = &index {
+        ix.close();
+    }
+    served
 }
 
 /// The FTP backend for `specs`.

@@ -79,7 +79,8 @@ impl Crawl {
             .fetched_at(server, path)
             .is_some_and(|at| at >= self.since || now_secs() - at < self.ttl.as_secs() as i64);
         let fetched = if reusable {
-            self.cache.get(self.backend.as_ref(), server, path, Priority::Foreground)
+            self.cache
+                .get(self.backend.as_ref(), server, path, Priority::Foreground)
         } else {
             if let Some(b) = self.budget
                 && self.fetched.fetch_add(1, Ordering::Relaxed) >= b
@@ -87,8 +88,13 @@ impl Crawl {
                 self.stopped.store(true, Ordering::Relaxed);
                 return Vec::new();
             }
-            self.cache
-                .get_with(self.backend.as_ref(), server, path, Priority::Foreground, false)
+            self.cache.get_with(
+                self.backend.as_ref(),
+                server,
+                path,
+                Priority::Foreground,
+                false,
+            )
         };
         let entries = match (&fetched.result, &fetched.origin) {
             (Ok(e), Origin::Network) => e,

@@ -88,7 +88,11 @@ impl Matcher {
                 // Paths are bytes: `.` matches any byte, not only valid UTF-8.
                 .unicode(false)
                 .build()
-                .or_else(|_| RegexBuilder::new(&src).case_insensitive(ignore_case).build())
+                .or_else(|_| {
+                    RegexBuilder::new(&src)
+                        .case_insensitive(ignore_case)
+                        .build()
+                })
                 .map_err(|e| format!("pattern {p:?}: {e}"))?;
             res.push(re);
         }
@@ -246,7 +250,10 @@ mod tests {
         assert!(m("*.ISO", true, false).is_match(b"/a.iso"));
         assert!(m(r"deb(ian)?-\d+", false, true).is_match(b"/x/debian-12.iso"));
         assert!(m("a.c", false, false).is_match(b"/a.c"));
-        assert!(!m("a.c", false, false).is_match(b"/abc"), "no regex meaning");
+        assert!(
+            !m("a.c", false, false).is_match(b"/abc"),
+            "no regex meaning"
+        );
         assert!(Matcher::new(&["(".into()], false, true).is_err());
     }
 

@@ -177,8 +177,7 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
 /// Move a bad index (and its WAL files) aside as `FILE.bad-UNIXTIME`; returns the new name.
 fn move_aside(path: &Path) -> Result<PathBuf, String> {
     let aside = PathBuf::from(format!("{}.bad-{}", path.display(), now_secs()));
-    std::fs::rename(path, &aside)
-        .map_err(|e| format!("moving {} aside: {e}", path.display()))?;
+    std::fs::rename(path, &aside).map_err(|e| format!("moving {} aside: {e}", path.display()))?;
     for ext in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{ext}", path.display()));
         if side.exists() {
@@ -211,7 +210,8 @@ impl Index {
                 );
                 log::warn!("{w}");
                 warnings.push(w);
-                open_checked(path, flags).map_err(|e| format!("listing index {}: {e}", path.display()))?
+                open_checked(path, flags)
+                    .map_err(|e| format!("listing index {}: {e}", path.display()))?
             }
         };
         let setup = || -> rusqlite::Result<Vec<i64>> {
@@ -233,15 +233,24 @@ impl Index {
                 )?);
             }
             // Servers removed from the list, or changed (another identity): their entries go.
-            let keep: String = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-            tx.execute(&format!("DELETE FROM listings WHERE server NOT IN ({keep})"), [])?;
+            let keep: String = ids
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            tx.execute(
+                &format!("DELETE FROM listings WHERE server NOT IN ({keep})"),
+                [],
+            )?;
             tx.execute(&format!("DELETE FROM servers WHERE id NOT IN ({keep})"), [])?;
             tx.commit()?;
             Ok(ids)
         };
         let ids = setup().map_err(|e| sql_err(path, e))?;
         let wconn = Connection::open(path).map_err(|e| sql_err(path, e))?;
-        wconn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql_err(path, e))?;
+        wconn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_err(path, e))?;
         let _ = wconn.pragma_update(None, "synchronous", "NORMAL");
         let (tx, rx) = sync_channel(QUEUE);
         let stats = Arc::new(Stats::default());
@@ -273,22 +282,28 @@ impl Index {
         let id = *self.ids.get(server)?;
         let row: Option<(i64, Vec<u8>)> = {
             let conn = self.read.lock().unwrap_or_else(|p| p.into_inner());
-            conn.prepare_cached("SELECT fetched, data FROM listings WHERE server = ?1 AND path = ?2")
-                .and_then(|mut st| {
-                    st.query_row(params![id, path], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                })
-                .unwrap_or_else(|e| {
-                    log::warn!("listing index {}: {e}", self.path.display());
-                    None
-                })
+            conn.prepare_cached(
+                "SELECT fetched, data FROM listings WHERE server = ?1 AND path = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![id, path], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .unwrap_or_else(|e| {
+                log::warn!("listing index {}: {e}", self.path.display());
+                None
+            })
         };
         let (fetched, data) = row?;
         match decode(&data) {
             Some(entries) => {
                 let age = (now_secs() - fetched).max(0) as u64;
                 // A time in the future (clock moved back) is not trusted as fresh.
-                let age = if fetched > now_secs() + 60 { u64::MAX / 4 } else { age };
+                let age = if fetched > now_secs() + 60 {
+                    u64::MAX / 4
+                } else {
+                    age
+                };
                 Some(Stored {
                     entries,
                     age: Duration::from_secs(age),
@@ -324,8 +339,10 @@ impl Index {
         self.record_at(server, path, entries, now_secs());
     }
 
-    fn record_at(&self, server: usize, path: &[u8], entries: &[RawEntry], at: i64) {
-        let Some(&id) = self.ids.get(server) else { return };
+    pub(crate) fn record_at(&self, server: usize, path: &[u8], entries: &[RawEntry], at: i64) {
+        let Some(&id) = self.ids.get(server) else {
+            return;
+        };
         self.send(Job::Put {
             server: id,
             path: path.into(),
@@ -337,7 +354,9 @@ impl Index {
 
     /// Forget a listing (the directory is gone, or a read found it out of date).
     pub fn forget(&self, server: usize, path: &[u8]) {
-        let Some(&id) = self.ids.get(server) else { return };
+        let Some(&id) = self.ids.get(server) else {
+            return;
+        };
         self.send(Job::Forget {
             server: id,
             path: path.into(),
@@ -438,7 +457,10 @@ fn write_loop(conn: Connection, rx: Receiver<Job>, stats: &Stats) {
         match write_batch(&conn, &batch) {
             Ok(()) => stats.written.fetch_add(n, Ordering::Relaxed),
             Err(e) => {
-                log::warn!("listing index: a batch of {} listing(s) not written: {e}", batch.len());
+                log::warn!(
+                    "listing index: a batch of {} listing(s) not written: {e}",
+                    batch.len()
+                );
                 stats.failed.fetch_add(n, Ordering::Relaxed)
             }
         };
@@ -519,8 +541,16 @@ impl Reader {
         let mut rows = st.query([]).map_err(|e| e.to_string())?;
         while let Some(r) = rows.next().map_err(|e| e.to_string())? {
             let server: i64 = r.get(0).map_err(|e| e.to_string())?;
-            let path = r.get_ref(1).map_err(|e| e.to_string())?.as_blob().unwrap_or(b"");
-            let data = r.get_ref(2).map_err(|e| e.to_string())?.as_blob().unwrap_or(b"");
+            let path = r
+                .get_ref(1)
+                .map_err(|e| e.to_string())?
+                .as_blob()
+                .unwrap_or(b"");
+            let data = r
+                .get_ref(2)
+                .map_err(|e| e.to_string())?
+                .as_blob()
+                .unwrap_or(b"");
             if let Some(entries) = decode(data) {
                 f(server, path, &entries);
             }
@@ -531,9 +561,11 @@ impl Reader {
     /// Listings and entries stored.
     pub fn counts(&self) -> (u64, u64) {
         self.conn
-            .query_row("SELECT count(*), coalesce(sum(n), 0) FROM listings", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
+            .query_row(
+                "SELECT count(*), coalesce(sum(n), 0) FROM listings",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
             .unwrap_or((0, 0))
     }
 }

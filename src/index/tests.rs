@@ -71,7 +71,10 @@ fn write_read_back_and_age() {
     assert_eq!(got.entries, sample());
     assert!(got.age < Duration::from_secs(5));
     assert_eq!(ix.listing(1, b"sub/dir").unwrap().entries, sample()[..1]);
-    assert!(ix.listing(1, b"").is_none(), "servers do not share listings");
+    assert!(
+        ix.listing(1, b"").is_none(),
+        "servers do not share listings"
+    );
     assert!(ix.listing(1, b"old").unwrap().age >= Duration::from_secs(3600));
     ix.forget(0, b"");
     ix.flush();
@@ -100,7 +103,10 @@ fn removed_or_changed_servers_lose_their_entries() {
     // Server 2 changed its base path (another identity); server 1 moved to position 1.
     let changed = specs("127.0.0.2:2121/other,bob,secret2,0\n127.0.0.1:2121,alice,pw,1\n");
     let (ix, _) = Index::open(&path, &changed).unwrap();
-    assert!(ix.listing(0, b"").is_none(), "a changed server starts empty");
+    assert!(
+        ix.listing(0, b"").is_none(),
+        "a changed server starts empty"
+    );
     assert_eq!(ix.listing(1, b"").unwrap().entries, sample());
     drop(ix);
     let r = Reader::open(&path).unwrap();
@@ -114,7 +120,8 @@ fn other_schema_version_is_moved_aside() {
     drop(Index::open(&path, &two()).unwrap());
     {
         let c = Connection::open(&path).unwrap();
-        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
     }
     let (ix, warnings) = Index::open(&path, &two()).unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -146,7 +153,10 @@ fn garbage_and_truncated_files_are_moved_aside_and_rebuilt() {
     drop(f);
     let (ix, warnings) = Index::open(&path, &two()).unwrap();
     assert_eq!(warnings.len(), 1, "truncation must be detected");
-    assert!(ix.listing(0, b"d1").is_none(), "nothing served from the bad file");
+    assert!(
+        ix.listing(0, b"d1").is_none(),
+        "nothing served from the bad file"
+    );
     let dir = path.parent().unwrap();
     let aside = std::fs::read_dir(dir)
         .unwrap()
