@@ -5,7 +5,7 @@
 //! Paths here are relative to a server's root (its base path), as bytes, `/`-separated,
 //! without leading slash; the root itself is the empty path.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 
@@ -86,6 +86,55 @@ impl HashAlgo {
     }
 }
 
+/// What a server is doing, as the status file shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum State {
+    /// Answering.
+    #[default]
+    Up,
+    /// Not answering (refused, timed out, TLS failed): marked down, probed in the background.
+    Down,
+    /// Answering, but it refused our login.
+    LoginRefused,
+    /// Answering, but it said "too many connections": we use fewer for a while.
+    Busy,
+}
+
+impl State {
+    /// The word the status file and `user.ftpcircle.servers` use.
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::LoginRefused => "login refused",
+            State::Busy => "busy",
+        }
+    }
+
+    /// Down or refusing us: nothing can be fetched from it now.
+    pub fn offline(self) -> bool {
+        matches!(self, State::Down | State::LoginRefused)
+    }
+}
+
+/// A server's health and counters, from the network side's own records (no network call).
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub state: State,
+    /// When it entered `state` (`None`: in it since the mount started).
+    pub since: Option<SystemTime>,
+    /// It answered at least once since the mount started.
+    pub ever_up: bool,
+    /// The last failure it caused, if any (never a password).
+    pub last_error: Option<String>,
+    /// Connections open to it now (idle and in use), and how many it may have.
+    pub connections: usize,
+    pub budget: usize,
+    /// Listings fetched from it and bytes of files read from it.
+    pub listings: u64,
+    pub bytes: u64,
+}
+
 /// Who is waiting for a network call. Background work (prefetch) only uses a connection the
 /// server has to spare and yields to any foreground request waiting for one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +143,16 @@ pub enum Priority {
     Foreground,
     /// Prefetch: listings and small files fetched ahead of the user.
     Background,
+}
+
+/// How fast a server is, as measured so far (`None`: not measured yet). Read by the choice of
+/// server for a read and by the status view.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Speed {
+    /// Command round-trip time (EWMA).
+    pub rtt: Option<Duration>,
+    /// Throughput of one connection in bytes per second (EWMA, recent transfers weigh more).
+    pub bytes_per_sec: Option<f64>,
 }
 
 pub trait Backend: Send + Sync {
@@ -139,6 +198,26 @@ pub trait Backend: Send + Sync {
     /// The server is known not to answer right now: don't wait for it.
     fn is_down(&self, _server: usize) -> bool {
         false
+    }
+    /// The server's health and counters (see [`Health`]); answered from memory.
+    fn health(&self, server: usize) -> Health {
+        Health {
+            state: if self.is_down(server) {
+                State::Down
+            } else {
+                State::Up
+            },
+            ..Health::default()
+        }
+    }
+    /// `ftp://host:port` (or `ftps://`) plus the base path, without a trailing `/`: the URL
+    /// of the server's root, never with credentials.
+    fn url_root(&self, server: usize) -> String {
+        format!("ftp://{}", self.label(server))
+    }
+    /// The server's measured round-trip time and per-connection throughput.
+    fn speed(&self, _server: usize) -> Speed {
+        Speed::default()
     }
     /// Start streaming the file at `path` from byte `offset`.
     fn open(

@@ -9,9 +9,11 @@
 //!   `SERVERLIST MOUNTPOINT fuse.ftpcircle-fs OPTIONS`);
 //! - `mount.ftpcircle-fs SERVERLIST MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]`: the binary
 //!   called through a symlink of that name, as mount(8) calls the helper of `-t ftpcircle-fs`;
-//! - `ftpcircle-fs completions SHELL`: a completion script on stdout;
+//! - `ftpcircle-fs check [SERVERLIST]`: probe every server without mounting (see
+//!   [`crate::check`]);
 //! - `ftpcircle-fs locate [OPTIONS] PATTERN...`: search the listing index, without mounting;
-//! - `ftpcircle-fs index [OPTIONS]`: crawl every server into the listing index.
+//! - `ftpcircle-fs index [OPTIONS]`: crawl every server into the listing index;
+//! - `ftpcircle-fs completions SHELL`: a completion script on stdout.
 //!
 //! Invariant: every long option is also accepted as an `-o` key (`-o cache_ttl=120` is
 //! `--cache-ttl 120`); fstab-only words are ignored; any other key that is not a FUSE mount
@@ -35,7 +37,7 @@ pub const VERSION: &str = env!("FTPCIRCLE_VERSION");
     about = "Mount every FTP/FTPS server in serverlist.txt as one merged, read-only tree",
     after_help = "Every long option is also accepted as an -o key: -o cache_ttl=120,no_prefetch.\n\
                   fstab: SERVERLIST MOUNTPOINT fuse.ftpcircle-fs ro,_netdev,allow_other 0 0",
-    override_usage = "ftpcircle-fs [OPTIONS] [SERVERLIST] <MOUNTPOINT>\n       ftpcircle-fs locate [OPTIONS] <PATTERN>...\n       ftpcircle-fs index [OPTIONS]\n       ftpcircle-fs completions <SHELL>",
+    override_usage = "ftpcircle-fs [OPTIONS] [SERVERLIST] <MOUNTPOINT>\n       ftpcircle-fs check [--json] [--timeout SECS] [SERVERLIST]\n       ftpcircle-fs locate [OPTIONS] <PATTERN>...\n       ftpcircle-fs index [OPTIONS]\n       ftpcircle-fs completions <SHELL>",
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
@@ -78,6 +80,12 @@ pub struct Args {
     /// Don't remember listings on disk (every mount starts cold; down servers show nothing)
     #[arg(long)]
     pub no_index: bool,
+    /// How long a server that stops answering keeps its last known entries in the tree (marked offline), in seconds
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub offline_keep: f64,
+    /// Name of the control directory at the mount root (status files, each server's own tree)
+    #[arg(long, default_value = ".ftpcircle", value_name = "NAME")]
+    pub control_dir: String,
     /// Stay in the foreground (either way, SIGINT and SIGTERM unmount cleanly)
     #[arg(short, long)]
     pub foreground: bool,
@@ -97,6 +105,9 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Connect to every server of the serverlist (in parallel, no mount) and say what works;
+    /// exit 0 when every server is usable, 1 otherwise, 2 for a bad serverlist
+    Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     Completions {
         #[arg(value_enum)]
@@ -163,6 +174,26 @@ pub struct CrawlArgs {
     pub verbose: u8,
 }
 
+/// `ftpcircle-fs check [OPTIONS] [SERVERLIST]`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// serverlist.txt to check (same as --servers)
+    #[arg(value_name = "SERVERLIST")]
+    pub serverlist: Option<PathBuf>,
+    /// serverlist.txt to check [default: as for mounting]
+    #[arg(long, value_name = "FILE")]
+    pub servers: Option<PathBuf>,
+    /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout in seconds for every connect, login and command (all servers in parallel)
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// What `main` should do.
 #[derive(Debug)]
 pub enum Parsed {
@@ -174,6 +205,8 @@ pub enum Parsed {
     Locate(LocateArgs),
     /// `ftpcircle-fs index`.
     Crawl(CrawlArgs),
+    /// `ftpcircle-fs check`.
+    Check(CheckArgs),
 }
 
 /// A command-line error: the message and whether it is bad usage (status 2).
@@ -258,6 +291,21 @@ pub fn parse(argv: Vec<OsString>) -> Result<Parsed, Usage> {
         Some(Cmd::Completions { shell }) => return Ok(Parsed::Print(completions(shell))),
         Some(Cmd::Locate(l)) => return Ok(Parsed::Locate(l)),
         Some(Cmd::Index(c)) => return Ok(Parsed::Crawl(c)),
+        Some(Cmd::Check(mut check)) => {
+            if let Some(list) = check.serverlist.take() {
+                if check.servers.is_some() {
+                    return Err(Usage(
+                        "the serverlist is given twice (as SERVERLIST and as --servers); give it once"
+                            .into(),
+                    ));
+                }
+                check.servers = Some(list);
+            }
+            if !(check.timeout > 0.0 && check.timeout <= 3600.0) {
+                return Err(Usage("--timeout must be between 0 and 3600 seconds".into()));
+            }
+            return Ok(Parsed::Check(check));
+        }
         None => {}
     }
     // Two positionals: SERVERLIST MOUNTPOINT; one: MOUNTPOINT (clap fills the first slot).

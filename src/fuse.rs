@@ -79,6 +79,16 @@ impl CircleFs {
     }
 }
 
+fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
 fn ftype(k: FileKind) -> FileType {
     match k {
         FileKind::Dir => FileType::Directory,
@@ -126,6 +136,10 @@ impl Filesystem for CircleFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.circle.open(ino.0, flags.0) {
+            // A status file: generated at open, its size is not known ahead.
+            Ok((fh, _)) if self.circle.is_generated(ino.0) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             // Opened before with the same size and mtime: what the kernel cached from that open
             // is still right, so keep it (reading the same file again is free).
             Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -258,19 +272,19 @@ impl Filesystem for CircleFs {
         }
     }
 
-    // FTP has no extended attributes: every file has none. listxattr answers an empty list and
-    // getxattr ENODATA ("no such attribute"), as on a local filesystem without xattrs, so tools
-    // (`cp -a`, `rsync -X`, `ls -l`) see "none" rather than "not supported". The cost: the kernel
-    // asks again for every file (ENOSYS would stop it), a local round trip of microseconds.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+    // The provenance xattrs (`user.ftpcircle.*`, see `circle::provenance`), from memory.
+    // Size 0 asks for the length; a buffer too small is ERANGE, as xattr(7) says.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.circle.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.circle.listxattr(ino.0) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 

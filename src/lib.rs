@@ -7,11 +7,13 @@
 //! - [`circle`]: the merged view: inode table, listing cache, merge rules, reads;
 //! - [`fuse`]: the thin fuser adapter;
 //! - [`logging`]: the logger, which never lets a password through;
+//! - [`check`]: `ftpcircle-fs check`, every server probed without mounting;
 //! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions;
 //! - [`workers`]: bounded thread pools for everything that runs in the background;
 //! - [`index`]: the persistent listing index (instant start, offline servers, `locate`).
 
 pub mod backend;
+pub mod check;
 pub mod circle;
 pub mod cli;
 pub mod error;

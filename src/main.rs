@@ -19,7 +19,7 @@ use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
 use ftpcircle_fs::index::{self, Index};
 use ftpcircle_fs::serverlist::{self, Tls};
-use ftpcircle_fs::{ftp, fuse, logging};
+use ftpcircle_fs::{check, ftp, fuse, logging};
 
 mod commands;
 
@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         }
         Ok(Parsed::Locate(l)) => return commands::locate(&l),
         Ok(Parsed::Crawl(c)) => return commands::crawl(&c),
+        Ok(Parsed::Check(check)) => return run_check(&check),
         Err(cli::Usage(msg)) => {
             eprintln!("{msg}");
             return ExitCode::from(2);
@@ -109,6 +110,45 @@ fn main() -> ExitCode {
     daemonize(&args, specs, index_path.as_deref())
 }
 
+/// `ftpcircle-fs check`: 0 every server usable, 1 not, 2 bad serverlist or CA file.
+fn run_check(check: &cli::CheckArgs) -> ExitCode {
+    if let Err(e) = logging::init(-1, None) {
+        eprintln!("ftpcircle-fs: {e}");
+        return ExitCode::from(2);
+    }
+    let specs = match serverlist::locate(check.servers.as_deref())
+        .and_then(|p| serverlist::load(&p).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ftpcircle-fs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = if specs.iter().any(|s| s.tls != Tls::Plain) {
+        match ftp::tls::client_config(check.ca_file.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("ftpcircle-fs: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let reports = check::check_all(specs, tls, Duration::from_secs_f64(check.timeout));
+    if check.json {
+        print!("{}", check::json(&reports));
+    } else {
+        print!("{}", check::table(&reports));
+    }
+    if reports.iter().all(check::Report::usable) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn check_args(args: &Args) -> Result<(), String> {
     if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
         return Err("--timeout must be between 0 and 3600 seconds".into());
@@ -118,6 +158,15 @@ fn check_args(args: &Args) -> Result<(), String> {
     }
     if args.max_connections == 0 || args.max_connections > 64 {
         return Err("--max-connections must be between 1 and 64".into());
+    }
+    if !(args.offline_keep >= 0.0 && args.offline_keep <= 365.0 * 86400.0) {
+        return Err("--offline-keep must be between 0 and one year".into());
+    }
+    let name = args.control_dir.as_str();
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.len() > 255 {
+        return Err(format!(
+            "--control-dir {name:?}: must be one file name (not empty, `.`, `..`, no `/`)"
+        ));
     }
     if args.max_total_connections < 2 || args.max_total_connections > 100_000 {
         return Err("--max-total-connections must be between 2 and 100000".into());
@@ -234,6 +283,8 @@ fn run(
             max_wait: timeout * 6,
             prefetch: !args.no_prefetch,
             index: index.clone(),
+            offline_keep: Duration::from_secs_f64(args.offline_keep),
+            control_dir: args.control_dir.as_bytes().to_vec(),
         },
     ));
     circle.start_revalidation();

@@ -16,6 +16,9 @@ _ftpcircle__fs() {
             ",$1")
                 cmd="ftpcircle__fs"
                 ;;
+            ftpcircle__fs,check)
+                cmd="ftpcircle__fs__subcmd__check"
+                ;;
             ftpcircle__fs,completions)
                 cmd="ftpcircle__fs__subcmd__completions"
                 ;;
@@ -27,6 +30,9 @@ _ftpcircle__fs() {
                 ;;
             ftpcircle__fs,locate)
                 cmd="ftpcircle__fs__subcmd__locate"
+                ;;
+            ftpcircle__fs__subcmd__help,check)
+                cmd="ftpcircle__fs__subcmd__help__subcmd__check"
                 ;;
             ftpcircle__fs__subcmd__help,completions)
                 cmd="ftpcircle__fs__subcmd__help__subcmd__completions"
@@ -47,7 +53,7 @@ _ftpcircle__fs() {
 
     case "${cmd}" in
         ftpcircle__fs)
-            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --max-total-connections --cache-ttl --cache-entries --no-prefetch --index --no-index --foreground --log-file --verbose --quiet --help --version completions locate index help"
+            opts="-f -o -v -q -h -V --servers --ca-file --timeout --max-connections --max-total-connections --cache-ttl --cache-entries --no-prefetch --index --no-index --offline-keep --control-dir --foreground --log-file --verbose --quiet --help --version check completions locate index help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,11 +91,45 @@ _ftpcircle__fs() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --offline-keep)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --log-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ftpcircle__subcmd__fs__subcmd__check)
+            opts="-h --servers --ca-file --timeout --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --servers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -115,8 +155,22 @@ _ftpcircle__fs() {
             return 0
             ;;
         ftpcircle__subcmd__fs__subcmd__help)
-            opts="completions locate index help"
+            opts="check completions locate index help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        ftpcircle__subcmd__fs__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

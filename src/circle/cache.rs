@@ -12,13 +12,18 @@
 //!   LRU bound);
 //! - a failed fetch is cached too, but only for [`ERROR_TTL`], so a server that is down is not
 //!   asked again by every lookup, yet comes back soon;
+//! - a failed fetch carries the last listing that server gave of that directory
+//!   ([`Fetched::last_ok`]), so the merged view can keep a down server's entries for a while
+//!   (`--offline-keep`); it costs its entries against the bound like any listing;
 //! - a waiter never waits longer than the fetch itself is allowed to take (bounded by the
 //!   network timeouts) plus a margin;
 //! - with a listing index ([`crate::index`]), a listing not in memory is looked up there
 //!   first: one younger than the TTL is used as if just fetched (its age counts), an older one
 //!   is served marked [`Origin::Stale`] (the caller revalidates it in the background); every
-//!   listing fetched is recorded (queued, never written here); when a server fails, its
-//!   indexed listing is served marked [`Origin::Offline`] for [`ERROR_TTL`].
+//!   listing fetched is recorded (queued, never written here); a failed fetch with no listing
+//!   in memory carries the indexed one as its [`Fetched::last_ok`], dated no earlier than the
+//!   cache's creation (the mount), so a server down at mount time shows its indexed entries
+//!   for `--offline-keep` like one that went down later.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +44,7 @@ pub const ERROR_TTL: Duration = Duration::from_secs(5);
 pub type Key = (usize, Box<[u8]>);
 
 /// Where a listing came from.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Origin {
     /// Fetched from the server (or its failure).
     #[default]
@@ -48,15 +53,19 @@ pub enum Origin {
     Index,
     /// From the index, older than the TTL: to be revalidated.
     Stale,
-    /// From the index because the server failed with this error.
-    Offline(Error),
 }
+
+/// A listing that succeeded earlier: when it was fetched, and its entries.
+pub type LastOk = (Instant, Arc<[RawEntry]>);
 
 pub struct Fetched {
     /// When it was fetched from its server (for index listings: now minus their age).
     pub at: Instant,
     pub result: Result<Arc<[RawEntry]>>,
     pub origin: Origin,
+    /// After a failure: the last listing this server gave of this directory, and when, if
+    /// still cached or in the index (the entries of a server that went down).
+    pub last_ok: Option<LastOk>,
 }
 
 impl Fetched {
@@ -65,13 +74,22 @@ impl Fetched {
             at,
             result,
             origin: Origin::Network,
+            last_ok: None,
+        }
+    }
+
+    /// What this fetch says was last known to be there: its own entries, or those it carries.
+    fn known(&self) -> Option<LastOk> {
+        match &self.result {
+            Ok(e) => Some((self.at, Arc::clone(e))),
+            Err(_) => self.last_ok.clone(),
         }
     }
 
     fn fresh(&self, ttl: Duration) -> bool {
         let ttl = match (&self.result, &self.origin) {
             (_, Origin::Stale) => return false,
-            (Ok(_), Origin::Offline(_)) | (Err(_), _) => ttl.min(ERROR_TTL),
+            (Err(_), _) => ttl.min(ERROR_TTL),
             (Ok(_), _) => ttl,
         };
         self.at.elapsed() < ttl
@@ -94,6 +112,7 @@ impl Lru {
     fn len_of(f: &Fetched) -> usize {
         // An error or empty listing still costs a slot.
         f.result.as_ref().map_or(1, |e| e.len().max(1))
+            + f.last_ok.as_ref().map_or(0, |(_, e)| e.len())
     }
 
     fn put(&mut self, key: Key, f: Arc<Fetched>) {
@@ -127,6 +146,8 @@ pub struct ListingCache {
     index: Option<Arc<Index>>,
     /// Listings invalidated since their last fetch: the index's copy is out of date too.
     bypass: Mutex<std::collections::HashSet<Key>>,
+    /// When this cache was made (the mount): the earliest date of an indexed `last_ok`.
+    created: Instant,
 }
 
 impl ListingCache {
@@ -149,6 +170,7 @@ impl ListingCache {
             fetches: AtomicU64::new(0),
             index,
             bypass: Mutex::default(),
+            created: Instant::now(),
         }
     }
 
@@ -165,6 +187,39 @@ impl ListingCache {
     pub fn fresh(&self, key: &Key) -> Option<Arc<Fetched>> {
         let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
         lru.map.get(key).filter(|f| f.fresh(self.ttl)).cloned()
+    }
+
+    /// The last listing of `key` that succeeded, if still cached (whatever its age).
+    pub fn last_known(&self, key: &Key) -> Option<LastOk> {
+        let lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lru.map.peek(key).and_then(|f| f.known())
+    }
+
+    /// A failed fetch of `key`, carrying what was last known of it.
+    fn failed(&self, key: &Key, at: Instant, e: Error) -> Fetched {
+        Fetched {
+            last_ok: self.last_known(key).or_else(|| self.indexed(key)),
+            ..Fetched::new(at, Err(e))
+        }
+    }
+
+    /// The index's listing of `key` as a [`LastOk`] (dated no earlier than the mount), unless
+    /// invalidated since.
+    fn indexed(&self, key: &Key) -> Option<LastOk> {
+        let ix = self.index.as_ref()?;
+        if self
+            .bypass
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+        {
+            return None;
+        }
+        let stored = ix.listing(key.0, &key.1)?;
+        let at = Instant::now()
+            .checked_sub(stored.age)
+            .map_or(self.created, |at| at.max(self.created));
+        Some((at, Arc::from(stored.entries)))
     }
 
     /// The listing of `path` on `server`: cached if fresh, else from the index, else fetched
@@ -235,25 +290,27 @@ impl ListingCache {
             // A listing that started before its server was marked down may still be waiting
             // out its timeout; nobody else has to wait with it.
             if backend.is_down(server) {
-                return Arc::new(Fetched::new(
+                return Arc::new(self.failed(
+                    &key,
                     now,
-                    Err(Error::new(
+                    Error::new(
                         Kind::Unavailable,
                         format!("{}: marked down", backend.label(server)),
-                    )),
+                    ),
                 ));
             }
             if now >= deadline {
-                return Arc::new(Fetched::new(
+                return Arc::new(self.failed(
+                    &key,
                     now,
-                    Err(Error::new(
+                    Error::new(
                         Kind::Network,
                         format!(
                             "{}: listing still running after {:?}",
                             backend.label(server),
                             self.max_wait
                         ),
-                    )),
+                    ),
                 ));
             }
             // Wake up now and then to notice the server being marked down.
@@ -266,8 +323,8 @@ impl ListingCache {
         }
     }
 
-    /// The leader's work: the index's copy if usable, else the server (recorded in the index),
-    /// else, when the server fails, the index's copy marked offline.
+    /// The leader's work: the index's copy if usable, else the server (recorded in the index);
+    /// a failure carries the last known listing (see [`Fetched::last_ok`]).
     fn load(&self, backend: &dyn Backend, key: &Key, prio: Priority, use_index: bool) -> Fetched {
         let (server, path) = (key.0, &key.1[..]);
         let index = self.index.as_deref();
@@ -289,11 +346,13 @@ impl ListingCache {
                     at,
                     result,
                     origin: Origin::Index,
+                    last_ok: None,
                 },
                 at => Fetched {
                     at: at.unwrap_or(now),
                     result,
                     origin: Origin::Stale,
+                    last_ok: None,
                 },
             };
         }
@@ -303,7 +362,10 @@ impl ListingCache {
             .and_then(|entries| with_targets(backend, server, path, prio, entries));
         let now = Instant::now();
         let Some(ix) = index else {
-            return Fetched::new(now, result.map(Arc::from));
+            return match result {
+                Ok(entries) => Fetched::new(now, Ok(Arc::from(entries))),
+                Err(e) => self.failed(key, now, e),
+            };
         };
         match result {
             Ok(entries) => {
@@ -318,14 +380,7 @@ impl ListingCache {
                 ix.forget(server, path);
                 Fetched::new(now, Err(e))
             }
-            Err(e) => match (bypassed(), ix.listing(server, path)) {
-                (false, Some(stored)) => Fetched {
-                    at: now,
-                    result: Ok(Arc::from(stored.entries)),
-                    origin: Origin::Offline(e),
-                },
-                _ => Fetched::new(now, Err(e)),
-            },
+            Err(e) => self.failed(key, now, e),
         }
     }
 

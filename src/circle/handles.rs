@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use super::inodes::NodeKind;
 use super::reader::{Context, Data, OpenFile};
-use super::{Circle, DirEntry, lock_err, prefetch};
+use super::{Circle, DirEntry, control, lock_err, prefetch};
 use crate::error::{Error, Kind, Result};
 
 /// Read-ahead of big open files runs on at most this many threads: each keeps one transfer
@@ -127,6 +127,15 @@ impl Circle {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Error::new(Kind::ReadOnly, "read-only file system"));
         }
+        if control::is_generated(ino) {
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            let text: Arc<[u8]> = self.generated(ino).into();
+            self.generated
+                .lock()
+                .map_err(|_| lock_err())?
+                .insert(fh, text);
+            return Ok((fh, false));
+        }
         let (path, size, sources) = self.file_info(ino)?;
         let mut keep_cache = false;
         if let Ok(mut nodes) = self.nodes.write()
@@ -158,7 +167,18 @@ impl Circle {
         Ok((fh, keep_cache))
     }
 
+    /// Is `ino` a generated file (a status file)? Its size changes between stat and read, so
+    /// the adapter opens it with direct I/O (reads go by the snapshot, not the size).
+    pub fn is_generated(&self, ino: u64) -> bool {
+        control::is_generated(ino)
+    }
+
     pub fn read(&self, fh: u64, off: u64, len: usize) -> Result<Data> {
+        if let Some(text) = self.generated.lock().map_err(|_| lock_err())?.get(&fh) {
+            let start = (off as usize).min(text.len());
+            let end = start.saturating_add(len).min(text.len());
+            return Ok(Data::Owned(text[start..end].to_vec()));
+        }
         let file = self
             .files
             .lock()
@@ -180,6 +200,11 @@ impl Circle {
     }
 
     pub fn release(&self, fh: u64) {
+        if let Ok(mut g) = self.generated.lock()
+            && g.remove(&fh).is_some()
+        {
+            return;
+        }
         let file = self.files.lock().ok().and_then(|mut f| f.remove(&fh));
         if let Some(file) = file {
             file.close();

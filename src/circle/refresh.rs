@@ -7,10 +7,16 @@
 //! directory asks (its sources, keeping those that failed this time), conflict logging, and
 //! invalidation after a read found a file changed.
 //!
+//! Offline entries: a server whose listing fails keeps its last known entries of that
+//! directory in the merged listing for `--offline-keep` after that listing was fetched
+//! ([`Circle::offline_entries`]); they show it as offline ([`Circle::offline_since`]) and
+//! reading a file only it holds fails at once (its pool answers "marked down"). A server
+//! down since the mount has no known entries unless the listing index has them: then it
+//! shows those, for `--offline-keep` from the mount (see [`cache`]).
+//!
 //! With a listing index: a directory merged from a listing older than the TTL
 //! ([`Origin::Stale`](cache::Origin::Stale)) is served at once and revalidated in the
-//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time); a server
-//! that fails contributes its indexed listing, and is marked offline until it answers again.
+//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time).
 //!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
@@ -20,14 +26,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
-use super::inodes::{Node, NodeKind};
+use super::inodes::{DirRole, Node, NodeKind};
 use super::merge::{self, Merged, MergedKind};
 use super::server_set::ServerSet;
 use super::{Circle, ROOT, cache, lock_err};
-use crate::backend::Priority;
+use crate::backend::{Priority, RawEntry};
 use crate::error::{Error, Kind, Result};
 
 /// Listings of one directory run on at most this many threads (plus the requesting one). A
@@ -49,40 +55,15 @@ impl Circle {
         // Asked of the servers themselves, not of the index: this is to see who answers.
         self.fetch_all(all, b"", Priority::Foreground, false)
             .into_iter()
-            .filter_map(|(s, f)| match (&f.result, &f.origin) {
-                (Err(e), _) => Some(e.clone()),
-                (Ok(_), cache::Origin::Offline(e)) => {
-                    self.mark_offline(s, true);
-                    Some(Error::new(
-                        e.kind,
-                        format!("{e}; showing its entries from the listing index, marked offline"),
-                    ))
-                }
+            .filter_map(|(_, f)| match (&f.result, &f.last_ok) {
+                (Err(e), Some(_)) => Some(Error::new(
+                    e.kind,
+                    format!("{e}; showing its entries from the listing index, marked offline"),
+                )),
+                (Err(e), None) => Some(e.clone()),
                 _ => None,
             })
             .collect()
-    }
-
-    /// Servers whose entries are shown from the listing index because they failed.
-    pub fn offline_servers(&self) -> Vec<usize> {
-        (0..self.offline.len())
-            .filter(|&s| self.offline[s].load(Ordering::Relaxed))
-            .collect()
-    }
-
-    fn mark_offline(&self, server: usize, offline: bool) {
-        if let Some(flag) = self.offline.get(server)
-            && flag.swap(offline, Ordering::Relaxed) != offline
-        {
-            if offline {
-                log::warn!(
-                    "{}: down; showing its entries from the listing index (offline)",
-                    self.backend.label(server)
-                );
-            } else {
-                log::info!("{}: answers again (online)", self.backend.label(server));
-            }
-        }
     }
 
     /// Let stale directories be revalidated in the background (without this, e.g. in unit
@@ -141,7 +122,9 @@ impl Circle {
             let NodeKind::Dir(d) = &node.kind else {
                 return Err(Error::new(Kind::NotDir, "not a directory"));
             };
-            if use_index && d.expires.is_some_and(|e| Instant::now() < e) {
+            if (use_index && d.expires.is_some_and(|e| Instant::now() < e))
+                || d.role == DirRole::Control
+            {
                 return Ok(());
             }
             (Self::path_of(&nodes, ino), node.sources.clone())
@@ -154,18 +137,10 @@ impl Circle {
         // The merged listing is as old as its oldest part.
         let mut oldest = Instant::now();
         for (server, f) in &fetched {
-            match (&f.origin, &f.result) {
-                (cache::Origin::Offline(e), Ok(entries)) => {
-                    self.mark_offline(*server, true);
-                    ok.push((*server, &entries[..]));
-                    failed.insert(*server);
-                    first_err.get_or_insert_with(|| e.clone());
-                    continue;
-                }
-                (cache::Origin::Stale, _) => stale = true,
-                (cache::Origin::Index, _) => oldest = oldest.min(f.at),
-                (cache::Origin::Network, Ok(_)) => self.mark_offline(*server, false),
-                _ => {}
+            match f.origin {
+                cache::Origin::Stale => stale = true,
+                cache::Origin::Index => oldest = oldest.min(f.at),
+                cache::Origin::Network => {}
             }
             match &f.result {
                 Ok(entries) => ok.push((*server, &entries[..])),
@@ -175,6 +150,9 @@ impl Circle {
                     log::warn!("{e}");
                     failed.insert(*server);
                     first_err.get_or_insert_with(|| e.clone());
+                    if let Some(entries) = self.offline_entries(f) {
+                        ok.push((*server, entries));
+                    }
                 }
             }
         }
@@ -186,6 +164,7 @@ impl Circle {
         let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
         let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
+        self.keep_conflicts(ino, conflicts);
         let expires = if first_err.is_some() {
             Instant::now() + self.opts.ttl.min(cache::ERROR_TTL)
         } else {
@@ -196,6 +175,13 @@ impl Circle {
             self.queue_revalidate(ino);
         }
         Ok(())
+    }
+
+    /// The entries a failed listing keeps in the merged view: the last ones its server gave,
+    /// if fetched less than `--offline-keep` ago (see the module doc).
+    pub(super) fn offline_entries<'a>(&self, f: &'a cache::Fetched) -> Option<&'a [RawEntry]> {
+        let (at, entries) = f.last_ok.as_ref()?;
+        (at.elapsed() < self.opts.offline_keep).then_some(&entries[..])
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to

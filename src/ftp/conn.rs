@@ -133,6 +133,9 @@ pub struct Conn {
     ftp: RustlsFtpStream,
     pub feats: Feats,
     pub last_used: Instant,
+    /// Round trip of the last one-line command timed (`TYPE I`, `NOOP`), for the speed
+    /// meter to take.
+    pub rtt_sample: Option<Duration>,
     /// Whether this server lists directories with STAT (shared by its connections).
     stat: Arc<AtomicU8>,
 }
@@ -196,8 +199,10 @@ impl Conn {
         let user = ep.spec.user.as_str();
         ftp.login(user, ep.spec.password.expose())
             .map_err(|e| ftp_err(label, &format!("login as {user}"), e))?;
+        let sent = Instant::now();
         ftp.transfer_type(FileType::Binary)
             .map_err(|e| ftp_err(label, "TYPE I", e))?;
+        let rtt_sample = Some(sent.elapsed());
         let feats = match ftp.feat() {
             Ok(map) => {
                 let mut f = parse_feats(map.keys().map(String::as_str), map.get("REST"));
@@ -223,6 +228,7 @@ impl Conn {
             ftp,
             feats,
             last_used: Instant::now(),
+            rtt_sample,
             stat: Arc::clone(&ep.stat),
         })
     }
@@ -452,12 +458,30 @@ impl Conn {
     pub fn abort(&mut self, label: &str, t: Transfer) -> Result<()> {
         self.last_used = Instant::now();
         self.ftp.abort(t).map_err(|e| ftp_err(label, "ABOR", e))?;
-        self.noop(label)
+        let res = self.noop(label);
+        // That NOOP waited for the abort to settle: not a round trip.
+        self.rtt_sample = None;
+        res
+    }
+
+    /// How this server's directories are listed: `MLSD`, `STAT` (once a STAT listing worked)
+    /// or `LIST`.
+    pub fn listing_method(&self) -> &'static str {
+        if self.feats.mlsd {
+            "MLSD"
+        } else if self.stat.load(Ordering::Relaxed) == STAT_WORKS {
+            "STAT"
+        } else {
+            "LIST"
+        }
     }
 
     pub fn noop(&mut self, label: &str) -> Result<()> {
+        let sent = Instant::now();
+        self.ftp.noop().map_err(|e| ftp_err(label, "NOOP", e))?;
         self.last_used = Instant::now();
-        self.ftp.noop().map_err(|e| ftp_err(label, "NOOP", e))
+        self.rtt_sample = Some(sent.elapsed());
+        Ok(())
     }
 
     pub fn quit(mut self) {

@@ -31,14 +31,18 @@
 //!   aborted transfer that did not end cleanly is dropped; an idle one is NOOP-checked before
 //!   reuse once it has been idle for a while.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority};
+use crate::backend::{
+    Backend, ByteStream, HashAlgo, Health, LinkTargets, Priority, Speed, State,
+};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
 use crate::ftp::limit::{ConnLimit, Permit};
 use crate::ftp::listing::{self, Format, Listing, RawEntry};
+use crate::ftp::speed::{self, Meter};
 use crate::workers::Workers;
 
 /// An idle connection older than this is NOOP-checked before reuse: servers drop idle control
@@ -84,6 +88,11 @@ pub struct Server {
     limit: Arc<ConnLimit>,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Listings fetched and file bytes received (for the status file).
+    listings: AtomicU64,
+    bytes: AtomicU64,
+    /// Measured round trip and per-connection throughput.
+    meter: Meter,
 }
 
 struct PoolState {
@@ -103,10 +112,22 @@ struct PoolState {
     hash_algos: u8,
     /// Foreground requests waiting for a connection: background work yields to them.
     fg_waiting: usize,
+    /// It logged us in at least once.
+    ever_up: bool,
+    /// When it last came back up (`None`: up since the mount, or never up).
+    up_since: Option<SystemTime>,
+    /// When it last said "too many connections" after a quiet spell.
+    busy_since: Option<SystemTime>,
+    /// The last failure it caused.
+    last_error: Option<String>,
 }
 
 struct Down {
     since: Instant,
+    /// `since` on the wall clock, for the status file.
+    at: SystemTime,
+    /// It refused our login (rather than not answering).
+    auth: bool,
     next_probe: Instant,
     backoff: Duration,
     reason: String,
@@ -141,8 +162,15 @@ impl Server {
                 no_rest: false,
                 hash_algos: 0,
                 fg_waiting: 0,
+                ever_up: false,
+                up_since: None,
+                busy_since: None,
+                last_error: None,
             }),
             freed: Condvar::new(),
+            listings: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            meter: Meter::default(),
         });
         limit.register(&server);
         server
@@ -170,6 +198,13 @@ impl Server {
 
     pub fn label(&self) -> &str {
         &self.ep.label
+    }
+
+    /// Hand the connection's last timed round trip to the meter.
+    fn take_rtt(&self, conn: &mut Conn) {
+        if let Some(d) = conn.rtt_sample.take() {
+            self.meter.rtt_sample(self.label(), d);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -235,6 +270,7 @@ impl Server {
                 st.leased += 1;
                 drop(st);
                 if conn.last_used.elapsed() < IDLE_CHECK_AFTER || conn.noop(self.label()).is_ok() {
+                    self.take_rtt(&mut conn);
                     return Ok(self.lease(Some(conn), true));
                 }
                 // Stale: replace it with a fresh connection under the same slot (its permit
@@ -282,8 +318,12 @@ impl Server {
                     .map_err(|e| (e, true))
             });
         match opened {
-            Ok(conn) => {
-                self.lock().hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
+            Ok(mut conn) => {
+                self.take_rtt(&mut conn);
+                let mut st = self.lock();
+                st.hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
+                st.ever_up = true;
+                drop(st);
                 Ok(self.lease(Some(conn), false))
             }
             Err((e, false)) => {
@@ -304,8 +344,12 @@ impl Server {
     /// `fresh`: the failure happened on a new connection (not a possibly stale idle one).
     fn note_failure(&self, e: &Error, fresh: bool) {
         let mut st = self.lock();
+        st.last_error = Some(e.message.clone());
         match e.kind {
             Kind::Busy => {
+                if st.budget == self.max {
+                    st.busy_since = Some(SystemTime::now());
+                }
                 // Keep what the server accepted; at least one so we can still make progress.
                 st.budget = (st.leased + st.idle.len()).max(1).min(self.max);
                 st.last_busy = Some(Instant::now());
@@ -338,11 +382,38 @@ impl Server {
         };
         st.down = Some(Down {
             since: Instant::now(),
+            at: SystemTime::now(),
+            auth: e.kind == Kind::Auth,
             next_probe: Instant::now() + backoff,
             backoff,
             reason: e.message.clone(),
             probing: false,
         });
+    }
+
+    /// Its state and counters for the status file.
+    pub fn health(&self) -> Health {
+        let st = self.lock();
+        let (state, since) = match &st.down {
+            Some(d) if d.auth => (State::LoginRefused, Some(d.at)),
+            Some(d) => (State::Down, Some(d.at)),
+            None if st.budget < self.max => (State::Busy, st.busy_since),
+            None => (State::Up, st.up_since),
+        };
+        Health {
+            state,
+            since,
+            ever_up: st.ever_up,
+            last_error: st
+                .down
+                .as_ref()
+                .map(|d| d.reason.clone())
+                .or_else(|| st.last_error.clone()),
+            connections: st.leased + st.idle.len(),
+            budget: st.budget,
+            listings: self.listings.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// Is the server marked down right now?
@@ -375,9 +446,12 @@ impl Server {
                 })
             });
         match opened {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                self.take_rtt(&mut conn);
                 let mut st = self.lock();
                 st.down = None;
+                st.ever_up = true;
+                st.up_since = Some(SystemTime::now());
                 if st.leased + st.idle.len() < st.budget {
                     st.idle.push(conn);
                 }
@@ -393,6 +467,7 @@ impl Server {
                     if e.kind != Kind::Busy {
                         d.backoff = (d.backoff * 2).min(PROBE_MAX);
                         d.reason = e.message.clone();
+                        d.auth = e.kind == Kind::Auth;
                     }
                     d.next_probe = Instant::now() + d.backoff;
                     log::debug!("{}: still down: {e}", self.label());
@@ -553,12 +628,44 @@ impl Backend for FtpBackend {
         self.servers.get(s).is_some_and(|srv| srv.is_down())
     }
 
+    fn health(&self, s: usize) -> Health {
+        self.servers
+            .get(s)
+            .map(|srv| srv.health())
+            .unwrap_or_default()
+    }
+
+    fn url_root(&self, s: usize) -> String {
+        let Some(srv) = self.servers.get(s) else {
+            return String::new();
+        };
+        let spec = &srv.ep.spec;
+        let scheme = if spec.tls == crate::serverlist::Tls::Plain {
+            "ftp"
+        } else {
+            "ftps"
+        };
+        let base = spec.base.trim_end_matches('/');
+        format!(
+            "{scheme}://{}{}",
+            spec.addr_string(),
+            crate::circle::provenance::url_escape(base.as_bytes())
+        )
+    }
+
+    fn speed(&self, s: usize) -> Speed {
+        self.servers
+            .get(s)
+            .map_or_else(Speed::default, |srv| srv.meter.get())
+    }
+
     fn base(&self, s: usize) -> &[u8] {
         self.servers.get(s).map_or(b"/", |srv| srv.base.as_slice())
     }
 
     fn list(&self, s: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>> {
         let server = self.server(s)?;
+        server.listings.fetch_add(1, Ordering::Relaxed);
         let label = server.label();
         let spath = server.server_path(path);
         let list = |allow_stat, from_inside| {
@@ -656,6 +763,8 @@ impl Backend for FtpBackend {
             Ok((lease, xfer)) => Ok(Box::new(FtpStream {
                 lease,
                 xfer: Some(xfer),
+                sample_bytes: 0,
+                sample_wait: Duration::ZERO,
             })),
             Err(e) => {
                 if e.kind == Kind::NoRest {
@@ -704,6 +813,21 @@ fn entries_of(label: &str, path: &[u8], parsed: Listing) -> Result<Vec<RawEntry>
 struct FtpStream {
     lease: Lease,
     xfer: Option<Transfer>,
+    /// Bytes read and time spent waiting in reads since the last throughput sample.
+    sample_bytes: u64,
+    sample_wait: Duration,
+}
+
+impl FtpStream {
+    /// Give the meter what was read since the last sample.
+    fn report(&mut self) {
+        let server = &self.lease.server;
+        server
+            .meter
+            .throughput_sample(server.label(), self.sample_bytes, self.sample_wait);
+        self.sample_bytes = 0;
+        self.sample_wait = Duration::ZERO;
+    }
 }
 
 impl ByteStream for FtpStream {
@@ -713,8 +837,20 @@ impl ByteStream for FtpStream {
         let Some(xfer) = self.xfer.as_mut() else {
             return Ok(0);
         };
+        let started = Instant::now();
         match xfer.read(buf) {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.lease
+                    .server
+                    .bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.sample_wait += started.elapsed();
+                self.sample_bytes += n as u64;
+                if self.sample_bytes >= speed::THROUGHPUT_SAMPLE_BYTES || n == 0 {
+                    self.report();
+                }
+                Ok(n)
+            }
             Err(e) => {
                 // The data connection broke: the control connection's state is unknown.
                 self.xfer = None;
@@ -728,6 +864,7 @@ impl ByteStream for FtpStream {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
+        self.report();
         let label = self.lease.server.label().to_string();
         let Some(xfer) = self.xfer.take() else {
             return Ok(());
@@ -746,6 +883,7 @@ impl ByteStream for FtpStream {
 
 impl FtpStream {
     fn abort_now(&mut self) {
+        self.report();
         let label = self.lease.server.label().to_string();
         if let Some(xfer) = self.xfer.take() {
             let ok = match self.lease.conn_mut() {

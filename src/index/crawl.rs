@@ -102,7 +102,7 @@ impl Crawl {
                 count.reused.fetch_add(1, Ordering::Relaxed);
                 e
             }
-            (Ok(_), Origin::Offline(e)) | (Err(e), _) => {
+            (Err(e), _) => {
                 if e.kind != Kind::NotFound {
                     count.errors.fetch_add(1, Ordering::Relaxed);
                     log::warn!("{e}");
