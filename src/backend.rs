@@ -123,8 +123,6 @@ pub struct Health {
     pub state: State,
     /// When it entered `state` (`None`: in it since the mount started).
     pub since: Option<SystemTime>,
-    /// It answered at least once since the mount started.
-    pub ever_up: bool,
     /// The last failure it caused, if any (never a password).
     pub last_error: Option<String>,
     /// Connections open to it now (idle and in use), and how many it may have.

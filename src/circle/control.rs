@@ -147,6 +147,8 @@ struct Row {
     view: String,
     health: Health,
     offline_since: Option<SystemTime>,
+    /// A listing of it succeeded since the mount started.
+    listed: bool,
     rtt: Option<Duration>,
     bytes_per_sec: Option<f64>,
 }
@@ -191,6 +193,7 @@ impl Circle {
                     view: self.view_path(s),
                     health: self.backend.health(s),
                     offline_since: self.offline_since(s),
+                    listed: self.listed.lock().is_ok_and(|l| l.contains(s)),
                     rtt: speed.rtt,
                     bytes_per_sec: speed.bytes_per_sec,
                 }
@@ -202,10 +205,7 @@ impl Circle {
     fn entries_word(&self, r: &Row) -> String {
         match r.offline_since {
             None => "listed".into(),
-            // Without the listing index, nothing is known of a server never reached.
-            Some(_) if !r.health.ever_up && self.opts.index.is_none() => {
-                "none (down since the mount)".into()
-            }
+            Some(_) if !r.listed => "none (down since the mount)".into(),
             Some(t) => format!("kept until {}", utc(t + self.opts.offline_keep)),
         }
     }

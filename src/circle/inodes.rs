@@ -140,8 +140,9 @@ impl Nodes {
         self.list.len() as u64
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.live
+    /// Nodes that are not pinned (the root and the control tree are).
+    pub(super) fn len_unpinned(&self) -> usize {
+        self.live.saturating_sub(self.pinned as usize)
     }
 
     /// The child of `dir` called `name`, by binary search of its name-sorted order.

@@ -137,6 +137,8 @@ pub struct Circle {
     hidden: Mutex<HashMap<u64, Vec<merge::Conflict>>>,
     /// Open generated files (the status files): the snapshot each open read.
     generated: Mutex<HashMap<u64, Arc<[u8]>>>,
+    /// Servers that gave a listing since the mount started (the others have nothing known).
+    listed: Mutex<ServerSet>,
 }
 
 fn lock_err() -> Error {
@@ -196,6 +198,7 @@ impl Circle {
             prefetched: FileCache::default(),
             hidden: Mutex::new(HashMap::new()),
             generated: Mutex::new(HashMap::new()),
+            listed: Mutex::new(ServerSet::default()),
         }
     }
 
@@ -276,9 +279,13 @@ impl Circle {
         }
     }
 
-    /// Number of inodes in the table (live nodes and ones the kernel still holds).
+    /// Number of inodes in the table (live nodes and ones the kernel still holds), the root
+    /// counted but not the control tree.
     pub fn inode_count(&self) -> u64 {
-        self.nodes.read().map(|n| n.len() as u64).unwrap_or(0)
+        self.nodes
+            .read()
+            .map(|n| n.len_unpinned() as u64 + 1)
+            .unwrap_or(0)
     }
 
     /// The merged tree known so far (for statfs): entries still listed in their directory

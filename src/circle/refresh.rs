@@ -53,7 +53,9 @@ impl Circle {
     pub fn check_servers(&self) -> Vec<Error> {
         let all = ServerSet::all(self.backend.servers());
         // Asked of the servers themselves, not of the index: this is to see who answers.
-        self.fetch_all(all, b"", Priority::Foreground, false)
+        let fetched = self.fetch_all(all, b"", Priority::Foreground, false);
+        self.note_listed(&fetched);
+        fetched
             .into_iter()
             .filter_map(|(_, f)| match (&f.result, &f.last_ok) {
                 (Err(e), Some(_)) => Some(Error::new(
@@ -136,6 +138,7 @@ impl Circle {
         let mut stale = false;
         // The merged listing is as old as its oldest part.
         let mut oldest = Instant::now();
+        self.note_listed(&fetched);
         for (server, f) in &fetched {
             match f.origin {
                 cache::Origin::Stale => stale = true,
@@ -175,6 +178,19 @@ impl Circle {
             self.queue_revalidate(ino);
         }
         Ok(())
+    }
+
+    /// Remember the servers that gave entries: a listing, or one from the listing index
+    /// (a server down since the mount whose entries the index has).
+    fn note_listed(&self, fetched: &[(usize, Arc<cache::Fetched>)]) {
+        if let Ok(mut l) = self.listed.lock() {
+            for (server, _) in fetched
+                .iter()
+                .filter(|(_, f)| f.result.is_ok() || f.last_ok.is_some())
+            {
+                l.insert(*server);
+            }
+        }
     }
 
     /// The entries a failed listing keeps in the merged view: the last ones its server gave,

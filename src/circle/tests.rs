@@ -37,9 +37,22 @@ struct Mock {
     target_lists: Mutex<Vec<(usize, Vec<u8>)>>,
     /// (server, path) of every hash asked.
     hashes: Mutex<Vec<(usize, Vec<u8>)>>,
+    /// Servers that went down after the start (`MockServer::down` is down from the start).
+    went_down: Mutex<std::collections::HashSet<usize>>,
 }
 
 impl Mock {
+    fn set_down(&self, s: usize, down: bool) {
+        let mut d = self.went_down.lock().unwrap();
+        if down {
+            d.insert(s);
+        } else {
+            d.remove(&s);
+        }
+    }
+    fn down(&self, s: usize) -> bool {
+        self.servers[s].down || self.went_down.lock().unwrap().contains(&s)
+    }
     fn change(&self, s: usize, path: &str, entries: Vec<RawEntry>) {
         let mut c = self.changed.lock().unwrap();
         c.insert((s, path.as_bytes().to_vec()), entries);
@@ -91,7 +104,7 @@ impl Backend for Mock {
         b"/"
     }
     fn is_down(&self, s: usize) -> bool {
-        self.servers[s].down
+        self.down(s)
     }
     fn list(&self, s: usize, path: &[u8], _prio: Priority) -> Result<Vec<RawEntry>> {
         *self
@@ -101,7 +114,7 @@ impl Backend for Mock {
             .entry((s, path.to_vec()))
             .or_default() += 1;
         let srv = &self.servers[s];
-        if srv.down {
+        if self.down(s) {
             return Err(Error::new(Kind::Timeout, "timed out"));
         }
         if let Some(l) = self.changed.lock().unwrap().get(&(s, path.to_vec())) {
@@ -142,8 +155,11 @@ impl Backend for Mock {
     ) -> Result<Box<dyn ByteStream>> {
         self.opens.lock().unwrap().push((s, offset));
         let srv = &self.servers[s];
-        if srv.down {
-            return Err(Error::new(Kind::Unavailable, "down"));
+        if self.down(s) {
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!("{}: marked down", self.label(s)),
+            ));
         }
         if offset > 0 && srv.no_rest {
             return Err(Error::new(Kind::NoRest, "no REST"));
@@ -1010,4 +1026,210 @@ fn a_server_down_at_start_shows_its_indexed_entries_marked_offline() {
     let (_, c) = circle(mock, Duration::from_secs(60));
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
     assert_eq!(names(&c, pub_), ["b", "big.bin"]);
+}
+
+// ---------------------------------------------------------------------------
+// seeing into the merge: offline entries, the control tree, provenance
+
+#[test]
+fn a_down_servers_last_entries_stay_marked_offline_and_unreadable() {
+    let (mock, c) = circle(two_servers(), Duration::ZERO);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    mock.set_down(1, true);
+    // Still listed (a listing of `pub` went to the down server and failed)...
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    assert_eq!(names(&c, ROOT), ["docs", "pub"]);
+    assert!(
+        mock.lists_of(1, b"pub") >= 2,
+        "the down server was asked again"
+    );
+    // ... marked offline...
+    assert!(c.offline_since(1).is_some());
+    assert!(c.offline_since(0).is_none());
+    let b = c.lookup(pub_, b"b").unwrap().ino;
+    assert_eq!(
+        c.getxattr(b, provenance::SERVERS.as_bytes()).unwrap(),
+        b"s1 (offline)"
+    );
+    // ... and a file only it holds fails at once, naming it; a mirrored one is still read.
+    let err = read_all(&c, b).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.message.contains("s1"), "{err}");
+    let big = c.lookup(pub_, b"big.bin").unwrap().ino;
+    assert_eq!(read_all(&c, big).unwrap().len(), 3_000_000);
+    // The status file says so.
+    let status = c.status_text();
+    let row = status.lines().find(|l| l.starts_with("s1")).unwrap();
+    assert!(row.contains("down") && row.contains("kept until"), "{row}");
+    // Back: read again, no longer offline.
+    mock.set_down(1, false);
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    assert_eq!(read_all(&c, b).unwrap(), b"BB");
+    assert_eq!(
+        c.getxattr(b, provenance::SERVERS.as_bytes()).unwrap(),
+        b"s1"
+    );
+}
+
+#[test]
+fn offline_entries_go_after_the_keep_time_and_a_server_down_since_the_start_has_none() {
+    let mock = Arc::new(two_servers());
+    let c = Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl: Duration::ZERO,
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: false,
+            offline_keep: Duration::ZERO,
+            control_dir: b".ftpcircle".to_vec(),
+            index: None,
+        },
+    );
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    mock.set_down(1, true);
+    assert_eq!(
+        names(&c, pub_),
+        ["a", "big.bin"],
+        "nothing kept with a zero keep"
+    );
+
+    let mut m = two_servers();
+    m.servers[1].down = true;
+    let (_mock, c) = circle(m, Duration::ZERO);
+    assert_eq!(names(&c, ROOT), ["pub"]);
+    let json = c.status_json();
+    assert!(json.contains("\"state\": \"down\""), "{json}");
+}
+
+#[test]
+fn the_control_directory_is_reachable_but_never_listed() {
+    let mut m = two_servers();
+    // A real entry of that name on s1: only in s1's view.
+    m.servers[1]
+        .dirs
+        .get_mut(&b""[..])
+        .unwrap()
+        .push(dir(".ftpcircle"));
+    m.servers[1]
+        .dirs
+        .insert(b".ftpcircle".to_vec(), vec![file("real", 2)]);
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    assert_eq!(names(&c, ROOT), ["docs", "pub"]);
+    let ctl = c.lookup(ROOT, b".ftpcircle").unwrap();
+    assert_eq!(ctl.kind, FileKind::Dir);
+    assert_eq!(names(&c, ctl.ino), ["servers", "status", "status.json"]);
+    let servers = c.lookup(ctl.ino, b"servers").unwrap().ino;
+    assert_eq!(names(&c, servers), ["s0", "s1"]);
+    let s1 = c.lookup(servers, b"s1").unwrap().ino;
+    assert_eq!(names(&c, s1), [".ftpcircle", "docs", "pub"]);
+    let s1_pub = c.lookup(s1, b"pub").unwrap().ino;
+    assert_eq!(names(&c, s1_pub), ["b", "big.bin"]);
+    let b = c.lookup(s1_pub, b"b").unwrap().ino;
+    assert_eq!(read_all(&c, b).unwrap(), b"BB");
+    let real = c.lookup(s1, b".ftpcircle").unwrap().ino;
+    assert_eq!(names(&c, real), ["real"]);
+    // The status files: their size is their text's.
+    let status = c.lookup(ctl.ino, b"status").unwrap();
+    let text = read_all(&c, status.ino).unwrap();
+    assert!(
+        text.starts_with(b"LABEL"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    assert_eq!(c.getattr(status.ino).unwrap().size, text.len() as u64);
+    let json = read_all(&c, c.lookup(ctl.ino, b"status.json").unwrap().ino).unwrap();
+    let json = String::from_utf8(json).unwrap();
+    assert!(
+        json.contains("\"view\": \".ftpcircle/servers/s1\""),
+        "{json}"
+    );
+    // The control tree has no provenance, and survives the kernel forgetting it.
+    assert!(c.listxattr(ctl.ino).unwrap().is_empty());
+    c.forget(ctl.ino, 1);
+    c.forget(servers, 1);
+    assert_eq!(c.lookup(ROOT, b".ftpcircle").unwrap().ino, ctl.ino);
+    assert_eq!(names(&c, servers), ["s0", "s1"]);
+}
+
+#[test]
+fn provenance_of_merged_mirrored_and_conflicting_entries() {
+    let mut m = two_servers();
+    // `a` on s1 too, bigger: s0's is shown, s1's hidden.
+    m.servers[1]
+        .dirs
+        .get_mut(&b"pub"[..])
+        .unwrap()
+        .push(file("a", 5));
+    m.servers[1]
+        .files
+        .insert(b"pub/a".to_vec(), b"AAAAA".to_vec());
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let get = |ino: u64, name: &str| {
+        c.getxattr(ino, name.as_bytes())
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    let big = c.lookup(pub_, b"big.bin").unwrap().ino;
+    assert_eq!(get(big, provenance::SERVERS).unwrap(), "s0\ns1");
+    assert_eq!(get(big, provenance::MIRRORS).unwrap(), "s0\ns1");
+    assert_eq!(get(big, provenance::URL).unwrap(), "ftp://s0/pub/big.bin");
+    assert_eq!(
+        get(big, provenance::CONFLICTS).unwrap_err().errno(),
+        libc::ENODATA
+    );
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    assert_eq!(get(a, provenance::SERVERS).unwrap(), "s0\ns1");
+    assert_eq!(get(a, provenance::MIRRORS).unwrap(), "s0");
+    assert_eq!(get(a, provenance::CONFLICTS).unwrap(), "s1\tfile\t5\t-");
+    let names: Vec<u8> = c.listxattr(a).unwrap();
+    assert_eq!(
+        names,
+        b"user.ftpcircle.servers\0user.ftpcircle.mirrors\0user.ftpcircle.conflicts\0user.ftpcircle.url\0"
+    );
+    assert_eq!(get(pub_, provenance::SERVERS).unwrap(), "s0\ns1");
+    assert_eq!(get(pub_, provenance::URL).unwrap(), "ftp://s0/pub/");
+    assert_eq!(
+        get(a, "user.ftpcircle.other").unwrap_err().errno(),
+        libc::ENODATA
+    );
+    // The hidden copy, byte-exact, in s1's view; its URL is s1's.
+    let ctl = c.lookup(ROOT, b".ftpcircle").unwrap().ino;
+    let servers = c.lookup(ctl, b"servers").unwrap().ino;
+    let s1 = c.lookup(servers, b"s1").unwrap().ino;
+    let s1_pub = c.lookup(s1, b"pub").unwrap().ino;
+    let hidden = c.lookup(s1_pub, b"a").unwrap().ino;
+    assert_eq!(read_all(&c, hidden).unwrap(), b"AAAAA");
+    assert_eq!(get(hidden, provenance::URL).unwrap(), "ftp://s1/pub/a");
+    assert_eq!(get(hidden, provenance::MIRRORS).unwrap(), "s1");
+}
+
+#[test]
+fn view_names_are_readable_unique_and_stable() {
+    struct Labels(Vec<&'static str>);
+    impl Backend for Labels {
+        fn servers(&self) -> usize {
+            self.0.len()
+        }
+        fn label(&self, s: usize) -> &str {
+            self.0[s]
+        }
+        fn base(&self, _s: usize) -> &[u8] {
+            b"/"
+        }
+        fn list(&self, _s: usize, _p: &[u8], _prio: Priority) -> Result<Vec<RawEntry>> {
+            Ok(Vec::new())
+        }
+        fn open(&self, _: usize, _: &[u8], _: u64, _: Priority) -> Result<Box<dyn ByteStream>> {
+            Err(Error::not_found())
+        }
+    }
+    let b = Labels(vec!["h:21", "h:21/pub/x", "h:21", "[::1]:2121"]);
+    let names: Vec<String> = control::view_names(&b)
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect();
+    assert_eq!(names, ["h:21", "h:21_pub_x", "h:21~3", "[::1]:2121"]);
 }

@@ -35,9 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{
-    Backend, ByteStream, HashAlgo, Health, LinkTargets, Priority, Speed, State,
-};
+use crate::backend::{Backend, ByteStream, HashAlgo, Health, LinkTargets, Priority, Speed, State};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
 use crate::ftp::limit::{ConnLimit, Permit};
@@ -112,8 +110,6 @@ struct PoolState {
     hash_algos: u8,
     /// Foreground requests waiting for a connection: background work yields to them.
     fg_waiting: usize,
-    /// It logged us in at least once.
-    ever_up: bool,
     /// When it last came back up (`None`: up since the mount, or never up).
     up_since: Option<SystemTime>,
     /// When it last said "too many connections" after a quiet spell.
@@ -162,7 +158,6 @@ impl Server {
                 no_rest: false,
                 hash_algos: 0,
                 fg_waiting: 0,
-                ever_up: false,
                 up_since: None,
                 busy_since: None,
                 last_error: None,
@@ -322,7 +317,6 @@ impl Server {
                 self.take_rtt(&mut conn);
                 let mut st = self.lock();
                 st.hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
-                st.ever_up = true;
                 drop(st);
                 Ok(self.lease(Some(conn), false))
             }
@@ -403,7 +397,6 @@ impl Server {
         Health {
             state,
             since,
-            ever_up: st.ever_up,
             last_error: st
                 .down
                 .as_ref()
@@ -450,7 +443,6 @@ impl Server {
                 self.take_rtt(&mut conn);
                 let mut st = self.lock();
                 st.down = None;
-                st.ever_up = true;
                 st.up_since = Some(SystemTime::now());
                 if st.leased + st.idle.len() < st.budget {
                     st.idle.push(conn);
