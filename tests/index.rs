@@ -108,6 +108,26 @@ fn walk(root: &Path) -> BTreeSet<String> {
     out
 }
 
+/// getxattr(2) of a UTF-8 value (panics on errors).
+fn getxattr(p: &Path, name: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "getxattr {}: {}", p.display(), std::io::Error::last_os_error());
+    buf.truncate(n as usize);
+    String::from_utf8(buf).unwrap().trim_end().to_string()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -127,6 +147,12 @@ fn remount_with_every_server_stopped_lists_the_tree_from_the_index_offline() {
     assert_eq!(walk(m.path()), before, "the same tree, from the index");
     let said = m.launch_output();
     assert!(said.contains("offline"), "{said}");
+    // Marked offline where the merged view says where things come from.
+    let servers = getxattr(&m.join("pub/README.txt"), "user.ftpcircle.servers");
+    assert_eq!(servers, format!("{} (offline)", f.srv.addr()));
+    let status = fs::read_to_string(m.join(".ftpcircle/status")).unwrap();
+    assert!(status.contains("kept until"), "{status}");
+    assert!(!status.contains("none (down since the mount)"), "{status}");
     // Contents cannot come from the index: reading is an error, not wrong data.
     assert!(fs::read(m.join("pub/README.txt")).is_err());
 }
@@ -291,5 +317,24 @@ fn a_truncated_index_is_moved_aside_and_rebuilt() {
     assert_eq!(
         stdout(&f.locate(&["many/d149/f.txt"])),
         "/many/d149/f.txt\n"
+    );
+}
+
+#[test]
+fn two_mounts_of_one_serverlist_share_the_index() {
+    let f = fixture();
+    let a = Mount::start(&f.list(), &f.opts());
+    let b = Mount::start(&f.list(), &f.opts());
+    let (ta, tb) = (walk(a.path()), walk(b.path()));
+    assert_eq!(ta, tb);
+    for m in [&a, &b] {
+        let said = m.launch_output();
+        assert!(!said.contains("moved aside"), "{said}");
+    }
+    drop(a);
+    drop(b);
+    assert_eq!(
+        stdout(&f.locate(&["needle"])),
+        "/deep/a/b/c/needle-42.dat\n"
     );
 }
