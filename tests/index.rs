@@ -123,7 +123,12 @@ fn getxattr(p: &Path, name: &str) -> String {
             buf.len(),
         )
     };
-    assert!(n >= 0, "getxattr {}: {}", p.display(), std::io::Error::last_os_error());
+    assert!(
+        n >= 0,
+        "getxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
     buf.truncate(n as usize);
     String::from_utf8(buf).unwrap().trim_end().to_string()
 }
