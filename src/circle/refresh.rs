@@ -210,9 +210,12 @@ impl Circle {
         use_index: bool,
     ) -> Vec<(usize, Arc<cache::Fetched>)> {
         let backend = self.backend.as_ref();
+        // A listing the index has is a local read: not worth a thread of the pool.
+        let index = self.cache.index().filter(|_| use_index);
         let missing = servers
             .iter()
             .filter(|&s| self.cache.fresh(&(s, path.into())).is_none())
+            .filter(|&s| index.is_none_or(|ix| ix.fetched_at(s, path).is_none()))
             .count();
         if missing <= 1 {
             return servers
