@@ -88,9 +88,11 @@ fn main() -> ExitCode {
             .map_or_else(|| index::default_path(&list_path), Ok)
         {
             Ok(p) => Some(p),
+            // The index is a cache: without a place for it (no $HOME under some service
+            // managers) the mount goes on without it.
             Err(e) => {
-                eprintln!("ftpcircle-fs: {e}");
-                return ExitCode::from(2);
+                eprintln!("ftpcircle-fs: warning: {e}; mounting without a listing index");
+                None
             }
         }
     };
