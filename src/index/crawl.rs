@@ -177,6 +177,8 @@ pub fn crawl(
         }
     };
     let n = backend.servers();
+    // Every listing fetched must reach the file: a crawl waits for the writer.
+    index.wait_when_full();
     let crawl = Arc::new(Crawl {
         cache: ListingCache::new(ttl, 1, max_wait, Some(Arc::clone(&index))),
         backend: Arc::clone(&backend),

@@ -113,6 +113,8 @@ pub struct Index {
     tx: Mutex<Option<SyncSender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub stats: Arc<Stats>,
+    /// Wait for room in the queue instead of dropping (a crawl, where no reply waits).
+    wait_when_full: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -267,6 +269,7 @@ impl Index {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 stats,
+                wait_when_full: std::sync::atomic::AtomicBool::new(false),
             },
             warnings,
         ))
@@ -322,9 +325,23 @@ impl Index {
         }
     }
 
+    /// For a crawl: a full queue makes [`record`](Self::record) wait (the writer empties it
+    /// within a batch) instead of dropping the listing.
+    pub fn wait_when_full(&self) {
+        self.wait_when_full.store(true, Ordering::Relaxed);
+    }
+
     fn send(&self, job: Job) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = tx.as_ref() else { return };
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(tx) = tx else { return };
+        if self.wait_when_full.load(Ordering::Relaxed) {
+            let _ = tx.send(job);
+            return;
+        }
         match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
