@@ -332,11 +332,7 @@ impl Index {
     }
 
     fn send(&self, job: Job) {
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tx) = tx else { return };
         if self.wait_when_full.load(Ordering::Relaxed) {
             let _ = tx.send(job);
