@@ -19,7 +19,9 @@
 //!   network timeouts) plus a margin;
 //! - with a listing index ([`crate::index`]), a listing not in memory is looked up there
 //!   first: one younger than the TTL is used as if just fetched (its age counts), an older one
-//!   is served marked [`Origin::Stale`] (the caller revalidates it in the background); every
+//!   fetched before this mount started is served marked [`Origin::Stale`] (the caller
+//!   revalidates it in the background; an expired listing this mount fetched itself is
+//!   fetched again first, as without an index; `--cache-ttl 0` never serves one); every
 //!   listing fetched is recorded (queued, never written here); a failed fetch with no listing
 //!   in memory carries the indexed one as its [`Fetched::last_ok`], dated no earlier than the
 //!   cache's creation (the mount), so a server down at mount time shows its indexed entries
@@ -334,10 +336,16 @@ impl ListingCache {
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(key)
         };
+        // `--cache-ttl 0` means "always ask": the index only stands in for a failed server.
         if use_index
+            && !self.ttl.is_zero()
             && let Some(ix) = index
             && !bypassed()
             && let Some(stored) = ix.listing(server, path)
+            // Stale-while-revalidate is for what earlier mounts left. A listing fetched since
+            // this mount started (by it, or by another mount sharing the file) is fetched
+            // again once expired, before it is used, as without an index.
+            && (stored.age < self.ttl || stored.age > self.created.elapsed())
         {
             let now = Instant::now();
             let result = Ok(Arc::from(stored.entries));
