@@ -114,10 +114,7 @@ fn main() -> ExitCode {
 
 /// `ftpcircle-fs check`: 0 every server usable, 1 not, 2 bad serverlist or CA file.
 fn run_check(check: &cli::CheckArgs) -> ExitCode {
-    if let Err(e) = logging::init(-1, None) {
-        eprintln!("ftpcircle-fs: {e}");
-        return ExitCode::from(2);
-    }
+    // No logger: every problem is in the report (suppaftp would add noise on stderr).
     let specs = match serverlist::locate(check.servers.as_deref())
         .and_then(|p| serverlist::load(&p).map_err(|e| e.to_string()))
     {

@@ -464,3 +464,38 @@ fn check_reports_good_down_wrong_password_and_bad_certificate() {
     let (code, out) = check("this is not,a serverlist\n", &[]);
     assert_eq!(code, Some(2), "{out}");
 }
+
+#[test]
+fn a_refused_login_shows_in_the_status_without_the_password() {
+    let a = vsftpd(&[("a.txt", b"a\n")]);
+    let pdir = TempDir::new("vis-py");
+    let proot = pdir.subdir("root");
+    write_file(&proot.join("p.txt"), b"p\n");
+    let py = FtpServer::pyftpdlib(&proot, "circle", "right-pw-7713");
+    let label = format!("{}:{}", py.host, py.port);
+    let list = format!("{}\n{label},circle,wrong-pw-4417,0\n", a.srv.line());
+    // pyftpdlib answers a wrong password after 3 s: the timeout must be longer.
+    let m = Mount::start(
+        &list,
+        &MountOptions::default()
+            .arg("--timeout")
+            .arg(&CHECK_TIMEOUT.to_string()),
+    );
+    assert_eq!(names(m.path()), ["a.txt"]);
+    let json = status_json(&m);
+    assert_eq!(
+        state_of(&json, &label).as_deref(),
+        Some("login refused"),
+        "{json}"
+    );
+    let text = String::from_utf8(read(&m.join(".ftpcircle/status")).expect("status")).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&label) && l.contains("login refused")),
+        "{text}"
+    );
+    assert!(
+        !json.contains("wrong-pw") && !text.contains("wrong-pw"),
+        "{json}\n{text}"
+    );
+}

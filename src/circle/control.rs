@@ -24,7 +24,8 @@
 //! - view names are derived from the labels alone (stable across mounts of the same
 //!   serverlist) and unique: `/` becomes `_`, and a repeated name gets `~<line>` appended;
 //! - the status files are generated from memory (the pool's own records), never from the
-//!   network; each open sees one consistent snapshot.
+//!   network, and without taking the inode table's lock (getattr generates them under it);
+//!   each open sees one consistent snapshot.
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU32;
@@ -169,18 +170,22 @@ impl Circle {
             .then(|| h.since.unwrap_or(self.mounted_at))
     }
 
-    /// The view of server `s`, relative to the mount root (`.ftpcircle/servers/<name>`).
-    pub fn view_path(&self, s: usize) -> String {
-        let name = self
-            .nodes
+    /// Is `ino` in a server's view? Its files are never prefetched: the prefetch cache is
+    /// keyed by path, and a view's copy of a path may be the one the merged tree hides.
+    pub(super) fn in_view(&self, ino: u64) -> bool {
+        self.nodes
             .read()
-            .ok()
-            .and_then(|n| n.get(VIEWS + s as u64).map(|n| n.name.to_vec()))
-            .unwrap_or_default();
+            .is_ok_and(|n| self.view_of(&n, ino).is_some())
+    }
+
+    /// The view of server `s`, relative to the mount root (`.ftpcircle/servers/<name>`).
+    /// Takes no lock: the status files are generated under the table's lock.
+    pub fn view_path(&self, s: usize) -> String {
+        let name = self.view_names.get(s).map_or(&[][..], |n| &n[..]);
         format!(
             "{}/servers/{}",
             String::from_utf8_lossy(&self.opts.control_dir),
-            String::from_utf8_lossy(&name)
+            String::from_utf8_lossy(name)
         )
     }
 

@@ -137,6 +137,19 @@ impl Circle {
             return Ok((fh, false));
         }
         let (path, size, sources) = self.file_info(ino)?;
+        // Only down servers hold it (entries kept while offline): fail now, naming them,
+        // rather than let the kernel serve pages it cached before the outage.
+        if !sources.is_empty() && sources.iter().all(|&s| self.backend.is_down(s)) {
+            let labels: Vec<&str> = sources.iter().map(|&s| self.backend.label(s)).collect();
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!(
+                    "/{}: only on {}, which is down",
+                    String::from_utf8_lossy(&path),
+                    labels.join(", ")
+                ),
+            ));
+        }
         let mut keep_cache = false;
         if let Ok(mut nodes) = self.nodes.write()
             && let Some(n) = nodes.get_mut(ino)
@@ -152,7 +165,7 @@ impl Circle {
             max_wait: self.opts.max_wait,
         };
         let file = OpenFile::new(&ctx, ino, path, size, sources);
-        if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {
+        if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX && !self.in_view(ino) {
             if let Some(data) = self.prefetched.take(file.path(), self.opts.max_wait)
                 && data.len() as u64 == size
             {

@@ -139,6 +139,8 @@ pub struct Circle {
     generated: Mutex<HashMap<u64, Arc<[u8]>>>,
     /// Servers that gave a listing since the mount started (the others have nothing known).
     listed: Mutex<ServerSet>,
+    /// The name of each server's view (see [`control`]).
+    view_names: Vec<Vec<u8>>,
 }
 
 fn lock_err() -> Error {
@@ -165,12 +167,8 @@ impl Circle {
             lookups: AtomicU32::new(0),
         });
         debug_assert_eq!(root, ROOT);
-        control::build(
-            &mut nodes,
-            &opts.control_dir,
-            &control::view_names(backend.as_ref()),
-            now,
-        );
+        let view_names = control::view_names(backend.as_ref());
+        control::build(&mut nodes, &opts.control_dir, &view_names, now);
         Circle {
             cache: Arc::new(ListingCache::new(
                 opts.ttl,
@@ -199,6 +197,7 @@ impl Circle {
             hidden: Mutex::new(HashMap::new()),
             generated: Mutex::new(HashMap::new()),
             listed: Mutex::new(ServerSet::default()),
+            view_names,
         }
     }
 

@@ -94,7 +94,7 @@ impl Circle {
     }
 
     /// The server whose view `ino` is in (at or below its root), if any.
-    fn view_of(&self, nodes: &super::inodes::Nodes, mut ino: u64) -> Option<usize> {
+    pub(super) fn view_of(&self, nodes: &super::inodes::Nodes, mut ino: u64) -> Option<usize> {
         let views = control::VIEWS..control::VIEWS + self.backend.servers() as u64;
         // Bounded by the tree depth.
         for _ in 0..super::inodes::MAX_DEPTH {

@@ -8,11 +8,12 @@
 //! invalidation after a read found a file changed.
 //!
 //! Offline entries: a server whose listing fails keeps its last known entries of that
-//! directory in the merged listing for `--offline-keep` after that listing was fetched
-//! ([`Circle::offline_entries`]); they show it as offline ([`Circle::offline_since`]) and
-//! reading a file only it holds fails at once (its pool answers "marked down"). A server
-//! down since the mount has no known entries unless the listing index has them: then it
-//! shows those, for `--offline-keep` from the mount (see [`cache`]).
+//! directory in the merged listing for `--offline-keep` after it went offline
+//! ([`Circle::offline_entries`]), as long as the listing cache still holds them. They show
+//! the server as offline ([`Circle::offline_since`]), and opening a file only down servers
+//! hold fails at once (see [`super::handles`]). A server down since the mount has no known
+//! entries unless the listing index has them: then it shows those, kept as if it had gone
+//! offline when the mount started (see [`cache`]).
 //!
 //! With a listing index: a directory merged from a listing older than the TTL
 //! ([`Origin::Stale`](cache::Origin::Stale)) is served at once and revalidated in the
@@ -27,7 +28,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::inodes::{DirRole, Node, NodeKind};
 use super::merge::{self, Merged, MergedKind};
@@ -153,7 +154,7 @@ impl Circle {
                     log::warn!("{e}");
                     failed.insert(*server);
                     first_err.get_or_insert_with(|| e.clone());
-                    if let Some(entries) = self.offline_entries(f) {
+                    if let Some(entries) = self.offline_entries(*server, f) {
                         ok.push((*server, entries));
                     }
                 }
@@ -193,11 +194,21 @@ impl Circle {
         }
     }
 
-    /// The entries a failed listing keeps in the merged view: the last ones its server gave,
-    /// if fetched less than `--offline-keep` ago (see the module doc).
-    pub(super) fn offline_entries<'a>(&self, f: &'a cache::Fetched) -> Option<&'a [RawEntry]> {
+    /// The entries a failed listing of `server` keeps in the merged view: the last ones it
+    /// gave, while it has been offline for less than `--offline-keep` (or, for a server not
+    /// marked down, while that listing is younger than that). See the module doc.
+    pub(super) fn offline_entries<'a>(
+        &self,
+        server: usize,
+        f: &'a cache::Fetched,
+    ) -> Option<&'a [RawEntry]> {
         let (at, entries) = f.last_ok.as_ref()?;
-        (at.elapsed() < self.opts.offline_keep).then_some(&entries[..])
+        let keep = self.opts.offline_keep;
+        let offline_for = self
+            .offline_since(server)
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(Duration::MAX);
+        (at.elapsed() < keep || offline_for < keep).then_some(&entries[..])
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to

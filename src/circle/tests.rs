@@ -1233,3 +1233,74 @@ fn view_names_are_readable_unique_and_stable() {
         .collect();
     assert_eq!(names, ["h:21", "h:21_pub_x", "h:21~3", "[::1]:2121"]);
 }
+
+#[test]
+fn a_views_copy_never_comes_from_the_prefetch_cache_of_the_merged_path() {
+    // `x` on both servers, same size, other times and bytes: a conflict s0 wins.
+    let at = |secs| Some(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+    let mut s0 = MockServer::default();
+    s0.dirs.insert(
+        b"".to_vec(),
+        vec![
+            file("a", 1),
+            RawEntry {
+                mtime: at(1_000_000),
+                ..file("x", 3)
+            },
+        ],
+    );
+    s0.files.insert(b"a".to_vec(), b"a".to_vec());
+    s0.files.insert(b"x".to_vec(), b"AAA".to_vec());
+    let mut s1 = MockServer::default();
+    s1.dirs.insert(
+        b"".to_vec(),
+        vec![RawEntry {
+            mtime: at(2_000_000),
+            ..file("x", 3)
+        }],
+    );
+    s1.files.insert(b"x".to_vec(), b"BBB".to_vec());
+    let mock = Arc::new(Mock {
+        servers: vec![s0, s1],
+        ..Default::default()
+    });
+    let c = Arc::new(Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl: Duration::from_secs(60),
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: true,
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
+        },
+    ));
+    c.start_prefetch(2);
+    let x = c.lookup(ROOT, b"x").unwrap().ino;
+    // Opening `a` queues the merged `x` for prefetch: wait (bounded) until it was fetched.
+    let a = c.lookup(ROOT, b"a").unwrap().ino;
+    assert_eq!(read_all(&c, a).unwrap(), b"a");
+    let fetched = |n| {
+        mock.opens
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.0 == 0)
+            .count()
+            >= n
+    };
+    for _ in 0..200 {
+        if fetched(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(fetched(2), "the merged x was not prefetched");
+    let ctl = c.lookup(ROOT, b".ftpcircle").unwrap().ino;
+    let servers = c.lookup(ctl, b"servers").unwrap().ino;
+    let s1 = c.lookup(servers, b"s1").unwrap().ino;
+    let vx = c.lookup(s1, b"x").unwrap().ino;
+    assert_eq!(read_all(&c, vx).unwrap(), b"BBB");
+    assert_eq!(read_all(&c, x).unwrap(), b"AAA");
+    assert_eq!(read_all(&c, vx).unwrap(), b"BBB");
+}
