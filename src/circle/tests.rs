@@ -1273,6 +1273,7 @@ fn a_views_copy_never_comes_from_the_prefetch_cache_of_the_merged_path() {
             prefetch: true,
             offline_keep: super::DEFAULT_OFFLINE_KEEP,
             control_dir: b".ftpcircle".to_vec(),
+            index: None,
         },
     ));
     c.start_prefetch(2);
