@@ -173,7 +173,7 @@ fn a_listing_changed_while_unmounted_shows_after_revalidation() {
     write_file(&f.root.join("pub/new-file.txt"), b"new");
     fs::remove_file(f.root.join("pub/debian-12.iso")).unwrap();
     // Let the indexed listings grow older than the TTL.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     let m = Mount::start(&f.list(), &opts);
     let pub_ = m.join("pub");
     let names = || -> BTreeSet<String> {

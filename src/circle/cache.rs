@@ -345,7 +345,9 @@ impl ListingCache {
             // Stale-while-revalidate is for what earlier mounts left. A listing fetched since
             // this mount started (by it, or by another mount sharing the file) is fetched
             // again once expired, before it is used, as without an index.
-            && (stored.age < self.ttl || stored.age > self.created.elapsed())
+            // (Ages are whole seconds, so "before" needs a second more to be sure.)
+            && (stored.age < self.ttl
+                || stored.age > self.created.elapsed() + Duration::from_secs(1))
         {
             let now = Instant::now();
             let result = Ok(Arc::from(stored.entries));

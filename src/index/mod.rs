@@ -13,7 +13,8 @@
 //!
 //! Invariants:
 //! - nothing is written on the caller's thread: [`Index::record`] queues (bounded, dropping
-//!   when full: the index is a cache) and one writer thread writes batches in one transaction;
+//!   when full: the index is a cache; only a crawl waits for room instead) and one writer
+//!   thread writes batches in one transaction;
 //! - a listing read back is exactly the one written, or nothing: every blob carries a checksum
 //!   and a blob that does not decode is dropped, never served;
 //! - the entries of a server no longer in the serverlist, or whose identity changed (host,
