@@ -328,6 +328,8 @@ impl Progress {
             for b in bars {
                 b.finish();
             }
+            // The display leaves the cursor on its last line.
+            eprintln!();
             return;
         }
         for (l, c) in self.labels.iter().zip(&self.counts) {
