@@ -26,8 +26,11 @@ use ftpcircle_fs::cli::{self, Args, Parsed};
 use ftpcircle_fs::ftp::conn::Endpoint;
 use ftpcircle_fs::ftp::limit::ConnLimit;
 use ftpcircle_fs::ftp::pool::{FtpBackend, Server};
+use ftpcircle_fs::index::{self, Index};
 use ftpcircle_fs::serverlist::{self, Tls};
 use ftpcircle_fs::{check, ftp, fuse, logging, mounts, preflight};
+
+mod commands;
 
 /// glibc malloc settings, set before any thread starts.
 ///
@@ -88,6 +91,8 @@ fn main() -> ExitCode {
     let (args, fake) = match cli::parse_env() {
         Ok(Parsed::Mount { args, fake }) => (args, fake),
         Ok(Parsed::Check(check)) => return run_check(&check),
+        Ok(Parsed::Locate(l)) => return commands::locate(&l),
+        Ok(Parsed::Crawl(c)) => return commands::crawl(&c),
         Ok(Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -116,13 +121,30 @@ fn main() -> ExitCode {
         // `mount -f`: everything checked, nothing mounted.
         return ExitCode::SUCCESS;
     }
+    let index_path = if args.no_index {
+        None
+    } else {
+        match args
+            .index
+            .clone()
+            .map_or_else(|| index::default_path(&list_path), Ok)
+        {
+            Ok(p) => Some(p),
+            // The index is a cache: without a place for it (no $HOME under some service
+            // managers) the mount goes on without it.
+            Err(e) => {
+                logging::warn_user(format!("{e}; mounting without a listing index"));
+                None
+            }
+        }
+    };
     if args.foreground {
-        return match run(&args, specs, &mut None) {
+        return match run(&args, specs, index_path.as_deref(), &mut None) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => e.exit(),
         };
     }
-    daemonize(&args, specs)
+    daemonize(&args, specs, index_path.as_deref())
 }
 
 /// `ftpcircle-fs check`: 0 every server usable, 1 not, 2 bad serverlist or CA file.
@@ -211,7 +233,11 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 }
 
 /// Fork; the child mounts and serves, the parent waits for "ready" on a pipe.
-fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
+fn daemonize(
+    args: &Args,
+    specs: Vec<serverlist::ServerSpec>,
+    index_path: Option<&std::path::Path>,
+) -> ExitCode {
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid two-element array for pipe(2).
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -231,7 +257,7 @@ fn daemonize(args: &Args, specs: Vec<serverlist::ServerSpec>) -> ExitCode {
             // SAFETY: setsid has no preconditions; detaches from the terminal's session.
             unsafe { libc::setsid() };
             let mut pipe = Some(std::fs::File::from(wr));
-            match run(args, specs, &mut pipe) {
+            match run(args, specs, index_path, &mut pipe) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Before the mount was ready the parent prints it; after, the log has it.
@@ -319,6 +345,7 @@ const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 fn run(
     args: &Args,
     specs: Vec<serverlist::ServerSpec>,
+    index_path: Option<&std::path::Path>,
     ready: &mut Option<std::fs::File>,
 ) -> Result<(), Failure> {
     let signals = block_signals();
@@ -344,23 +371,29 @@ fn run(
     } else {
         None
     };
-    let limit = ConnLimit::new(args.max_total_connections);
-    let servers: Vec<Arc<Server>> = specs
-        .into_iter()
-        .map(|spec| {
-            let tls = if spec.tls == Tls::Plain {
-                None
-            } else {
-                tls.clone()
-            };
-            Server::new(
-                Endpoint::new(spec, tls, timeout),
-                args.max_connections,
-                &limit,
-            )
-        })
-        .collect();
-    let backend: Arc<dyn Backend> = Arc::new(FtpBackend::new(servers));
+    // The index is a cache: a mount without it still works (said on the terminal). Opened
+    // after the signals are blocked, so its writer thread never takes SIGINT/SIGTERM.
+    let index = index_path.and_then(|p| match Index::open(p, &specs) {
+        Ok((ix, warnings)) => {
+            for w in warnings {
+                logging::warn_user(w);
+            }
+            Some(Arc::new(ix))
+        }
+        Err(e) => {
+            logging::warn_user(format!("{e}; mounting without a listing index"));
+            None
+        }
+    });
+    // Whatever listings are still queued are written before `run` returns, on every path.
+    let _flush_index = CloseIndex(index.clone());
+    let backend = backend_of(
+        specs,
+        tls,
+        timeout,
+        args.max_connections,
+        args.max_total_connections,
+    );
     let circle = Arc::new(Circle::new(
         Arc::clone(&backend),
         circle::Options {
@@ -371,12 +404,14 @@ fn run(
             prefetch: !args.no_prefetch,
             offline_keep: Duration::from_secs_f64(args.offline_keep),
             control_dir: args.control_dir.as_bytes().to_vec(),
+            index: index.clone(),
         },
     ));
     // Enough workers to use every spare connection (all but one per server), within reason.
     let workers = (args.max_connections.saturating_sub(1).max(1) * backend.servers()).min(16);
     circle.start_prefetch(workers);
     circle.start_reaper();
+    circle.start_revalidation();
     // List the root on every server before mounting: warms the pool and the cache, and tells
     // the user right away which servers cannot be used (the mount comes up without them).
     // On its own thread, so that Ctrl-C need not wait for slow servers.
@@ -688,4 +723,38 @@ fn detach_stdio() {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
+}
+
+/// Closes the listing index (writing what is queued) when `run` ends.
+struct CloseIndex(Option<Arc<Index>>);
+
+impl Drop for CloseIndex {
+    fn drop(&mut self) {
+        if let Some(ix) = &self.0 {
+            ix.close();
+        }
+    }
+}
+
+/// The FTP backend for `specs` (also used by `ftpcircle-fs index`).
+fn backend_of(
+    specs: Vec<serverlist::ServerSpec>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    max_connections: usize,
+    max_total_connections: usize,
+) -> Arc<dyn Backend> {
+    let limit = ConnLimit::new(max_total_connections);
+    let servers: Vec<Arc<Server>> = specs
+        .into_iter()
+        .map(|spec| {
+            let tls = if spec.tls == Tls::Plain {
+                None
+            } else {
+                tls.clone()
+            };
+            Server::new(Endpoint::new(spec, tls, timeout), max_connections, &limit)
+        })
+        .collect();
+    Arc::new(FtpBackend::new(servers))
 }

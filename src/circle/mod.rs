@@ -44,7 +44,7 @@ pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{Backend, Priority};
@@ -98,6 +98,8 @@ pub struct Options {
     pub offline_keep: Duration,
     /// Name of the control directory at the mount root (see [`control`]).
     pub control_dir: Vec<u8>,
+    /// The persistent listing index (see [`crate::index`]), if any.
+    pub index: Option<Arc<crate::index::Index>>,
 }
 
 /// A down server's last known entries stay for an hour: long enough to ride out a restart or
@@ -126,6 +128,11 @@ pub struct Circle {
     gone: Mutex<Option<inodes::GoneSender>>,
     queue: Arc<Queue>,
     prefetched: FileCache,
+    /// Revalidates directories served from stale index listings (see [`refresh`]).
+    revalidators: Workers,
+    revalidating: Mutex<HashSet<u64>>,
+    /// Itself, for background jobs (set by [`Circle::start_revalidation`]).
+    me: OnceLock<Weak<Circle>>,
     /// The copies each directory's last merge hid, by directory (see [`provenance`]).
     hidden: Mutex<HashMap<u64, Vec<merge::Conflict>>>,
     /// Open generated files (the status files): the snapshot each open read.
@@ -167,7 +174,12 @@ impl Circle {
                 opts.ttl,
                 opts.cache_entries,
                 opts.max_wait,
+                opts.index.clone(),
             )),
+            revalidators: Workers::new("ftpc-revalidate", refresh::REVALIDATE_WORKERS),
+            revalidating: Mutex::default(),
+            me: OnceLock::new(),
+
             listers: Workers::new("ftpc-list", LIST_WORKERS),
             readahead: Arc::new(Workers::new("ftpc-readahead", READAHEAD_WORKERS)),
             backend,

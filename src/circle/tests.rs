@@ -209,6 +209,7 @@ fn circle(mock: Mock, ttl: Duration) -> (Arc<Mock>, Circle) {
             prefetch: false,
             offline_keep: super::DEFAULT_OFFLINE_KEEP,
             control_dir: b".ftpcircle".to_vec(),
+            index: None,
         },
     );
     (mock, c)
@@ -896,6 +897,138 @@ fn a_splice_onto_a_copy_without_rest_reads_up_to_the_overlap() {
     assert!(data.starts_with(&got));
 }
 
+// ---- with the listing index --------------------------------------------------------------
+
+fn index_in(name: &str) -> Arc<crate::index::Index> {
+    let dir = std::env::temp_dir().join(format!("ftpc-circle-ix-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let specs = crate::serverlist::parse(
+        std::path::Path::new("list"),
+        b"127.0.0.1:2121,u,p,0\n127.0.0.2:2121,u,p,0\n",
+    )
+    .unwrap();
+    Arc::new(
+        crate::index::Index::open(&dir.join("ix.sqlite"), &specs)
+            .unwrap()
+            .0,
+    )
+}
+
+fn circle_ix(
+    mock: Mock,
+    ttl: Duration,
+    ix: &Arc<crate::index::Index>,
+    revalidate: bool,
+) -> (Arc<Mock>, Arc<Circle>) {
+    let mock = Arc::new(mock);
+    let c = Arc::new(Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl,
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: false,
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
+            index: Some(Arc::clone(ix)),
+        },
+    ));
+    if revalidate {
+        c.start_revalidation();
+    }
+    (mock, c)
+}
+
+/// Walk the tree once (so every listing is fetched and recorded), then wait for the writer.
+fn walk_and_record(c: &Circle, ix: &crate::index::Index) {
+    assert_eq!(names(c, ROOT), ["docs", "pub"]);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(c, pub_), ["a", "b", "big.bin"]);
+    let docs = c.lookup(ROOT, b"docs").unwrap().ino;
+    assert!(names(c, docs).is_empty());
+    ix.flush();
+}
+
+#[test]
+fn a_restart_within_the_ttl_serves_the_tree_from_the_index_without_fetching() {
+    let ix = index_in("restart");
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    walk_and_record(&c, &ix);
+    assert!(mock.total_lists() >= 5);
+    drop(c);
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    walk_and_record(&c, &ix);
+    assert_eq!(mock.total_lists(), 0, "everything came from the index");
+    // Files are still read from the servers.
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    assert_eq!(read_all(&c, a).unwrap(), b"A");
+}
+
+#[test]
+fn stale_listings_are_served_at_once_and_revalidated_once_in_the_background() {
+    let ix = index_in("stale");
+    let old = crate::index::now_secs() - 3600;
+    ix.record_at(0, b"", &[dir("pub")], old);
+    ix.record_at(0, b"pub", &[file("a", 1), file("gone", 5)], old);
+    ix.record_at(1, b"", &[dir("pub"), dir("docs")], old);
+    ix.record_at(1, b"pub", &[file("b", 2)], old);
+    ix.flush();
+    // Without revalidation: the stale tree, and nothing fetched to show it.
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, false);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["a", "b", "gone"]);
+    assert_eq!(mock.total_lists(), 0);
+    drop(c);
+    // With it: the new listing replaces the old one soon after the visit, fetched once.
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let mut seen = names(&c, pub_);
+    for _ in 0..100 {
+        if seen == ["a", "b", "big.bin"] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        seen = names(&c, pub_);
+    }
+    assert_eq!(seen, ["a", "b", "big.bin"]);
+    for _ in 0..20 {
+        names(&c, pub_);
+    }
+    assert_eq!(mock.lists_of(0, b"pub"), 1);
+    assert_eq!(mock.lists_of(1, b"pub"), 1);
+    // And the index has the new listing.
+    ix.flush();
+    let got = ix.listing(0, b"pub").unwrap();
+    assert_eq!(got.entries, [file("big.bin", 3_000_000), file("a", 1)]);
+}
+
+#[test]
+fn a_server_down_at_start_shows_its_indexed_entries_marked_offline() {
+    let ix = index_in("offline");
+    let (_, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    walk_and_record(&c, &ix);
+    drop(c);
+    let mut mock = two_servers();
+    mock.servers[0].down = true;
+    let (_, c) = circle_ix(mock, Duration::from_secs(60), &ix, true);
+    let errors = c.check_servers();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].to_string().contains("offline"), "{}", errors[0]);
+    assert!(c.offline_since(0).is_some());
+    assert!(c.offline_since(1).is_none());
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    // `a` is only on the server that is down: still listed, from the index.
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    // Without the index, the same server down shows only the other one.
+    let mut mock = two_servers();
+    mock.servers[0].down = true;
+    let (_, c) = circle(mock, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["b", "big.bin"]);
+}
+
 // ---------------------------------------------------------------------------
 // seeing into the merge: offline entries, the control tree, provenance
 
@@ -952,6 +1085,7 @@ fn offline_entries_go_after_the_keep_time_and_a_server_down_since_the_start_has_
             prefetch: false,
             offline_keep: Duration::ZERO,
             control_dir: b".ftpcircle".to_vec(),
+            index: None,
         },
     );
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
@@ -1140,6 +1274,7 @@ fn a_views_copy_never_comes_from_the_prefetch_cache_of_the_merged_path() {
             prefetch: true,
             offline_keep: super::DEFAULT_OFFLINE_KEEP,
             control_dir: b".ftpcircle".to_vec(),
+            index: None,
         },
     ));
     c.start_prefetch(2);

@@ -1533,6 +1533,8 @@ impl Mount {
         } else {
             cmd.arg("--log-file").arg(&self.log_file).arg("-v");
         }
+        // The listing index goes with the mount's temp dir, not to the user's ~/.cache.
+        cmd.env("XDG_CACHE_HOME", self.dir.join("cache"));
         cmd.args(&opts.args);
         cmd.arg(&self.mnt);
         for (k, v) in &opts.envs {
