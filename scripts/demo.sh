@@ -20,7 +20,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib/servers.sh
 source "$REPO/scripts/lib/servers.sh"
 
-DEMO=/tmp/ftpcircle-demo
+DEMO=${FTPCIRCLE_DEMO_DIR:-/tmp/ftpcircle-demo}
 RUN=$DEMO/run
 LOGS=$DEMO/logs
 BIN=${FTPCIRCLE_BIN:-$REPO/target/release/ftpcircle-fs}
@@ -174,7 +174,7 @@ main() {
     mnt=$(realpath -m "${1:-$DEMO/mnt}")
 
     ftpc_need_root
-    ftpc_ensure_packages
+    ftpc_ensure_packages getfattr:attr
     if [ -n "${FTPCIRCLE_DEMO_SKIP_BUILD:-}" ] && [ -x "$BIN" ]; then
         ftpc_log "using existing $BIN"
     else
@@ -215,6 +215,18 @@ main() {
     run grep -rl "$WORD" "$mnt" || true
     run cat "$mnt/docs/animals.txt"
     echo "# docs/animals.txt is srv1's copy: srv3's bigger one (with more ${WORD}s) is hidden."
+
+    run getfattr -d -m - "$mnt/docs/animals.txt"
+    echo "# where it comes from: every server with the name, the copy shown, the hidden one."
+    run cat "$mnt/.ftpcircle/status"
+    echo "# .ftpcircle is not listed (find and grep -r never walk into it), but it is there."
+    local view
+    # srv3's view: the third "view" of status.json (one row per server, serverlist order).
+    view=$(grep -o '"view": "[^"]*"' "$mnt/.ftpcircle/status.json" | sed -n '3s/"view": "\(.*\)"/\1/p')
+    run cat "$mnt/.ftpcircle/status.json"
+    run cat "$mnt/$view/docs/animals.txt"
+    echo "# srv3's own copy, byte-exact, through its view of the server alone."
+    run "$BIN" check --servers "$DEMO/serverlist.txt" --ca-file "$DEMO/tls/ca.pem" || true
 
     rm -f "$DEMO/copy.bin"
     run cp "$mnt/pub/big-mirror.bin" "$DEMO/copy.bin"

@@ -53,18 +53,7 @@ stamp="$ENTRIES-$K-$DIRS"
 if [ "$(cat "$WORK/stamp" 2>/dev/null)" != "$stamp" ]; then
     ftpc_log "generating $ENTRIES files in $DIRS directories over $K servers"
     rm -rf "$WORK"/srv*
-    "$FTPC_PYTHON" - "$WORK" "$ENTRIES" "$K" "$DIRS" <<'EOF'
-import os, sys
-work, entries, k, dirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-per_dir = entries // dirs
-for d in range(dirs):
-    homes = [d % k] + ([(d + 1) % k] if d % 3 == 0 and k > 1 else [])
-    for h in homes:
-        os.makedirs(f"{work}/srv{h + 1}/d{d:05d}", exist_ok=True)
-    for f in range(per_dir):
-        h = homes[f % len(homes)]
-        open(f"{work}/srv{h + 1}/d{d:05d}/file-{f:06d}.dat", "wb").close()
-EOF
+    "$FTPC_PYTHON" scripts/lib/flat_tree.py "$WORK" "$ENTRIES" "$K" "$DIRS"
     echo "$stamp" >"$WORK/stamp"
 fi
 expected=$(( (ENTRIES / DIRS) * DIRS + DIRS + 1 ))
@@ -80,7 +69,7 @@ for i in $(seq 1 "$K"); do
 done
 chmod 600 "$WORK/serverlist.txt"
 
-"$BIN" --servers "$WORK/serverlist.txt" --log-file "$WORK/logs/ftpcircle-fs.log" "$MNT"
+"$BIN" --servers "$WORK/serverlist.txt" --no-index --log-file "$WORK/logs/ftpcircle-fs.log" "$MNT"
 pid=$(pgrep -f -n "ftpcircle-fs --servers $WORK/serverlist.txt") || ftpc_die "daemon not found"
 rss_kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$pid/status"; }
 base=$(rss_kb VmRSS)

@@ -19,7 +19,12 @@
 #   * a chaos loop: every ~20 s server 1 (the first in the list, so the one
 #     reads prefer; every file it has is mirrored elsewhere) goes down for
 #     ~10 s, alternately frozen (SIGSTOP/SIGCONT of its whole process tree)
-#     and killed (then started again on the same port).
+#     and killed (then started again on the same port);
+#   * a kill loop: a second mount of the same serverlist, sharing the first
+#     one's listing index file, is mounted, walked with `find`, and killed
+#     with SIGKILL after a random 0-3 s (often while its index writer is
+#     busy), again and again. The index must stay usable: no remount may find
+#     it damaged (moved aside), and `locate` must answer from it at the end.
 #
 # --keep keeps the work dir (data, server and daemon logs, per-worker stats;
 # it is always kept after a failure); --debug runs the daemon with -vv.
@@ -29,7 +34,8 @@
 #
 # Reports bytes read and verified, wrong bytes (must be 0), errors by kind,
 # and the daemon's open fds and RSS at mount time, after warm-up and at the
-# end.  Exits 1 if any byte or hit count was wrong, or if fds or RSS grew
+# end; then stops the daemon with SIGTERM and checks that it exits 0 within
+# 10 s and the mount is gone.  Exits 1 if any byte or hit count was wrong, or if fds or RSS grew
 # more than --max-fd-growth (default 32) / --max-rss-growth-mib (default 64)
 # between warm-up and the end; 2 on bad arguments or setup failure.
 #
@@ -95,10 +101,12 @@ command -v fusermount3 >/dev/null || ftpc_die "fusermount3 missing (apt-get inst
 WORK=$(mktemp -d /tmp/ftpcircle-soak.XXXXXX)
 chmod 755 "$WORK"
 MNT=$WORK/mnt
+MNT2=$WORK/mnt2 # the mount killed with SIGKILL again and again
+INDEX=$WORK/index.sqlite # the listing index both mounts share
 SRC=$WORK/src # the source of truth the readers compare with
 RUN=$WORK/run
 STATS=$WORK/stats
-mkdir -p "$MNT" "$SRC" "$RUN" "$STATS"
+mkdir -p "$MNT" "$MNT2" "$SRC" "$RUN" "$STATS"
 DPID=
 WORKER_PIDS=()
 
@@ -119,6 +127,12 @@ cleanup() {
     fi
     if ftpc_is_mounted "$MNT"; then
         ftpc_unmount "$MNT" || ftpc_log "warning: $MNT still mounted"
+    fi
+    if [ -f "$RUN/killed.pid" ]; then
+        kill -KILL "$(cat "$RUN/killed.pid")" 2>/dev/null || true
+    fi
+    if ftpc_is_mounted "$MNT2"; then
+        fusermount3 -u -z "$MNT2" 2>/dev/null || true
     fi
     if [ -n "$DPID" ]; then
         for ((i = 0; i < 50; i++)); do
@@ -222,7 +236,7 @@ ftpc_log "servers on ports ${PORTS[*]}; server 1 (port ${PORTS[1]}) will keep fa
 # ---------------------------------------------------------------------------
 # mount
 
-"$BIN" -f --servers "$WORK/serverlist.txt" --timeout 3 --cache-ttl 10 \
+"$BIN" -f --servers "$WORK/serverlist.txt" --timeout 3 --cache-ttl 10 --index "$INDEX" \
     --log-file "$WORK/ftpcircle-fs.log" "$VERBOSE" "$MNT" >"$WORK/ftpcircle-fs.out" 2>&1 &
 DPID=$!
 for ((i = 0; i < 300; i++)); do
@@ -456,6 +470,41 @@ chaos_worker() {
     echo "freezes=$freezes kills=$kills restart_failures=$restart_failures" >"$out"
 }
 
+kill_worker() {
+    local out=$STATS/kill kills=0 mounts=0 mount_failures=0 damaged=0 walks=0 pid i
+    while [ $(($(date +%s) + 10)) -le "$END" ]; do
+        if ! timeout 60 "$BIN" --servers "$WORK/serverlist.txt" --timeout 3 --cache-ttl 10 \
+            --index "$INDEX" --log-file "$WORK/killed.log" "$MNT2" >"$WORK/killed.out" 2>&1; then
+            mount_failures=$((mount_failures + 1))
+            printf 'kill loop: mount failed: %s\n' "$(tail -3 "$WORK/killed.out")" >>"$STATS/problems"
+            sleep 2
+            continue
+        fi
+        mounts=$((mounts + 1))
+        if grep -q 'moved aside' "$WORK/killed.out"; then
+            damaged=$((damaged + 1))
+            printf 'kill loop: %s\n' "$(grep 'moved aside' "$WORK/killed.out")" >>"$STATS/problems"
+        fi
+        pid=$(pgrep -n -f -- "--log-file $WORK/killed.log") || pid=
+        [ -n "$pid" ] && echo "$pid" >"$RUN/killed.pid"
+        # Walk it in the background and kill the daemon while it works.
+        timeout 30 find "$MNT2" >/dev/null 2>&1 &
+        i=$!
+        sleep "$((RANDOM % 4)).$((RANDOM % 10))"
+        if [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; then
+            kills=$((kills + 1))
+        fi
+        wait "$i" 2>/dev/null && walks=$((walks + 1))
+        rm -f "$RUN/killed.pid"
+        # A killed FUSE daemon leaves its mount behind ("transport endpoint is not connected").
+        for ((i = 0; i < 50; i++)); do
+            ftpc_is_mounted "$MNT2" || break
+            fusermount3 -u -z "$MNT2" 2>/dev/null || sleep 0.1
+        done
+    done
+    echo "kills=$kills mounts=$mounts mount_failures=$mount_failures damaged=$damaged walks=$walks" >"$out"
+}
+
 ftpc_log "soaking for $MINUTES minute(s) until $(date -d "@$END" +%T)"
 touch "$STATS/problems"
 cp_worker &
@@ -467,6 +516,8 @@ WORKER_PIDS+=($!)
 pread_worker 2 &
 WORKER_PIDS+=($!)
 chaos_worker &
+WORKER_PIDS+=($!)
+kill_worker &
 WORKER_PIDS+=($!)
 
 while [ "$(date +%s)" -lt "$WARM_AT" ]; do sleep 1; done
@@ -520,6 +571,11 @@ ERR_TEXT=
 for k in "${!ERRS[@]}"; do ERR_TEXT+="$k=${ERRS[$k]} "; done
 LOG_PROBLEMS=$(grep -c ' WARN \| ERROR ' "$WORK/ftpcircle-fs.log" 2>/dev/null || true)
 SEGMENTED=$(grep -c 'segmented read from byte' "$WORK/ftpcircle-fs.log" 2>/dev/null || true)
+# The index both mounts shared, after all those kills: still answers.
+LOCATE_RC=0
+timeout 60 "$BIN" locate --servers "$WORK/serverlist.txt" --index "$INDEX" /small/ >/dev/null \
+    2>"$WORK/locate.err" || LOCATE_RC=$?
+DAMAGED=$(field "$STATS/kill" damaged)
 
 echo
 echo "== ftpcircle-fs soak: $SERVERS servers, $MINUTES min, $BIG_FILES x $BIG_MIB MiB mirrored, $(find "$SRC/small" -type f | wc -l) small files =="
@@ -532,6 +588,9 @@ printf 'grep   : %s passes, %s with %s hits, %s with errors, %s silent mismatche
     "$(field "$STATS/grep" errored)" "$GREP_MISMATCH"
 printf 'chaos  : %s freezes, %s kills (%s failed restarts) of server 1\n' \
     "$(field "$STATS/chaos" freezes)" "$(field "$STATS/chaos" kills)" "$(field "$STATS/chaos" restart_failures)"
+printf 'kill   : %s SIGKILLs of a second mount sharing the index, %s remounts (%s failed), %s found it damaged; locate afterwards: exit %s\n' \
+    "$(field "$STATS/kill" kills)" "$(field "$STATS/kill" mounts)" "$(field "$STATS/kill" mount_failures)" \
+    "$DAMAGED" "$LOCATE_RC"
 printf 'total  : %s bytes read and verified, %s wrong bytes\n' "$((CP_BYTES + PR_BYTES))" "$WRONG"
 printf 'errors : %s\n' "${ERR_TEXT:-none}"
 printf 'log    : %s WARN/ERROR lines in the daemon log\n' "${LOG_PROBLEMS:-0}"
@@ -540,6 +599,25 @@ printf 'daemon : fds %s (mount) %s (warm) %s (end), growth %s (limit %s)\n' \
     "$FD0" "$FD1" "$FD2" "$FD_GROWTH" "$MAX_FD_GROWTH"
 printf 'daemon : RSS %s kB (mount) %s kB (warm) %s kB (end), growth %s kB (limit %s MiB)\n' \
     "$RSS0" "$RSS1" "$RSS2" "$RSS_GROWTH_KB" "$MAX_RSS_GROWTH_MIB"
+# Stopping: SIGTERM must unmount and end the daemon with status 0 within seconds.
+STOP_T0=$(date +%s%N)
+kill -TERM "$DPID" 2>/dev/null || true
+for ((i = 0; i < 100; i++)); do
+    kill -0 "$DPID" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$DPID" 2>/dev/null; then
+    STOP_RC="still running after 10 s"
+else
+    STOP_RC=0
+    wait "$DPID" || STOP_RC=$?
+    DPID=
+fi
+STOP_MS=$((($(date +%s%N) - STOP_T0) / 1000000))
+STILL_MOUNTED=no
+if ftpc_is_mounted "$MNT"; then STILL_MOUNTED=yes; fi
+printf 'stop   : SIGTERM -> exit status %s after %s ms; still mounted: %s\n' \
+    "$STOP_RC" "$STOP_MS" "$STILL_MOUNTED"
 if [ -s "$STATS/problems" ]; then
     echo "first problems seen:"
     head -n 10 "$STATS/problems" | sed 's/^/    /'
@@ -550,8 +628,12 @@ FAIL=()
 [ "$GREP_MISMATCH" -eq 0 ] || FAIL+=("$GREP_MISMATCH silent grep mismatches")
 [ "$((CP_BYTES + PR_BYTES))" -gt 0 ] || FAIL+=("nothing was read")
 [ "$SEG_MIB" -eq 0 ] || [ "${SEGMENTED:-0}" -gt 0 ] || FAIL+=("no segmented read happened")
+[ "$DAMAGED" -eq 0 ] || FAIL+=("the index was found damaged $DAMAGED time(s) after a SIGKILL")
+[ "$LOCATE_RC" -eq 0 ] || FAIL+=("locate on the shared index: exit $LOCATE_RC ($(head -c 200 "$WORK/locate.err"))")
 [ "$FD_GROWTH" -le "$MAX_FD_GROWTH" ] || FAIL+=("fd growth $FD_GROWTH > $MAX_FD_GROWTH")
 [ "$RSS_GROWTH_KB" -le $((MAX_RSS_GROWTH_MIB * 1024)) ] || FAIL+=("RSS growth ${RSS_GROWTH_KB} kB > ${MAX_RSS_GROWTH_MIB} MiB")
+[ "$STOP_RC" = 0 ] || FAIL+=("SIGTERM: daemon exit status $STOP_RC")
+[ "$STILL_MOUNTED" = no ] || FAIL+=("still mounted after SIGTERM")
 if [ "${#FAIL[@]}" -eq 0 ]; then
     echo "result : PASS"
 else

@@ -86,6 +86,53 @@ impl HashAlgo {
     }
 }
 
+/// What a server is doing, as the status file shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum State {
+    /// Answering.
+    #[default]
+    Up,
+    /// Not answering (refused, timed out, TLS failed): marked down, probed in the background.
+    Down,
+    /// Answering, but it refused our login.
+    LoginRefused,
+    /// Answering, but it said "too many connections": we use fewer for a while.
+    Busy,
+}
+
+impl State {
+    /// The word the status file and `user.ftpcircle.servers` use.
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::LoginRefused => "login refused",
+            State::Busy => "busy",
+        }
+    }
+
+    /// Down or refusing us: nothing can be fetched from it now.
+    pub fn offline(self) -> bool {
+        matches!(self, State::Down | State::LoginRefused)
+    }
+}
+
+/// A server's health and counters, from the network side's own records (no network call).
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub state: State,
+    /// When it entered `state` (`None`: in it since the mount started).
+    pub since: Option<SystemTime>,
+    /// The last failure it caused, if any (never a password).
+    pub last_error: Option<String>,
+    /// Connections open to it now (idle and in use), and how many it may have.
+    pub connections: usize,
+    pub budget: usize,
+    /// Listings fetched from it and bytes of files read from it.
+    pub listings: u64,
+    pub bytes: u64,
+}
+
 /// Who is waiting for a network call. Background work (prefetch) only uses a connection the
 /// server has to spare and yields to any foreground request waiting for one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +196,22 @@ pub trait Backend: Send + Sync {
     /// The server is known not to answer right now: don't wait for it.
     fn is_down(&self, _server: usize) -> bool {
         false
+    }
+    /// The server's health and counters (see [`Health`]); answered from memory.
+    fn health(&self, server: usize) -> Health {
+        Health {
+            state: if self.is_down(server) {
+                State::Down
+            } else {
+                State::Up
+            },
+            ..Health::default()
+        }
+    }
+    /// `ftp://host:port` (or `ftps://`) plus the base path, without a trailing `/`: the URL
+    /// of the server's root, never with credentials.
+    fn url_root(&self, server: usize) -> String {
+        format!("ftp://{}", self.label(server))
     }
     /// The server's measured round-trip time and per-connection throughput.
     fn speed(&self, _server: usize) -> Speed {

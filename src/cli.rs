@@ -9,6 +9,10 @@
 //!   `SERVERLIST MOUNTPOINT fuse.ftpcircle-fs OPTIONS`);
 //! - `mount.ftpcircle-fs SERVERLIST MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]`: the binary
 //!   called through a symlink of that name, as mount(8) calls the helper of `-t ftpcircle-fs`;
+//! - `ftpcircle-fs check [SERVERLIST]`: probe every server without mounting (see
+//!   [`crate::check`]);
+//! - `ftpcircle-fs locate [OPTIONS] PATTERN...`: search the listing index, without mounting;
+//! - `ftpcircle-fs index [OPTIONS]`: crawl every server into the listing index;
 //! - `ftpcircle-fs completions SHELL`: a completion script on stdout.
 //!
 //! Invariant: every long option is also accepted as an `-o` key (`-o cache_ttl=120` is
@@ -33,7 +37,7 @@ pub const VERSION: &str = env!("FTPCIRCLE_VERSION");
     about = "Mount every FTP/FTPS server in serverlist.txt as one merged, read-only tree",
     after_help = "Every long option is also accepted as an -o key: -o cache_ttl=120,no_prefetch.\n\
                   fstab: SERVERLIST MOUNTPOINT fuse.ftpcircle-fs ro,_netdev,allow_other 0 0",
-    override_usage = "ftpcircle-fs [OPTIONS] [SERVERLIST] <MOUNTPOINT>\n       ftpcircle-fs completions <SHELL>",
+    override_usage = "ftpcircle-fs [OPTIONS] [SERVERLIST] <MOUNTPOINT>\n       ftpcircle-fs check [--json] [--timeout SECS] [SERVERLIST]\n       ftpcircle-fs locate [OPTIONS] <PATTERN>...\n       ftpcircle-fs index [OPTIONS]\n       ftpcircle-fs completions <SHELL>",
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
@@ -76,6 +80,18 @@ pub struct Args {
     /// Most streams (connections, over all mirrors) one segmented read of a big file uses
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub max_streams_per_file: usize,
+    /// The listing index file [default: $XDG_CACHE_HOME (or ~/.cache)/ftpcircle/index-HASH.sqlite, one per serverlist]
+    #[arg(long, value_name = "FILE", conflicts_with = "no_index")]
+    pub index: Option<PathBuf>,
+    /// Don't remember listings on disk (every mount starts cold; down servers show nothing)
+    #[arg(long)]
+    pub no_index: bool,
+    /// How long a server that stops answering keeps its last known entries in the tree (marked offline), in seconds
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub offline_keep: f64,
+    /// Name of the control directory at the mount root (status files, each server's own tree)
+    #[arg(long, default_value = ".ftpcircle", value_name = "NAME")]
+    pub control_dir: String,
     /// Stay in the foreground (either way, SIGINT and SIGTERM unmount cleanly)
     #[arg(short, long)]
     pub foreground: bool,
@@ -95,11 +111,93 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Connect to every server of the serverlist (in parallel, no mount) and say what works;
+    /// exit 0 when every server is usable, 1 otherwise, 2 for a bad serverlist
+    Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Search the listing index for paths, without mounting (exit 1 when nothing matches)
+    Locate(LocateArgs),
+    /// Crawl every server fully into the listing index, without mounting (resumes when
+    /// interrupted)
+    Index(CrawlArgs),
+}
+
+/// Where the index is: shared by `locate` and `index`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct IndexFile {
+    /// serverlist.txt whose index to use [default: as for mounting]
+    #[arg(long, value_name = "FILE")]
+    pub servers: Option<PathBuf>,
+    /// The listing index file [default: the serverlist's, as for mounting]
+    #[arg(long, value_name = "FILE")]
+    pub index: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct LocateArgs {
+    /// Without *, ? or [...]: any part of the path; with them: a glob over the whole path.
+    /// A path matching any pattern is printed
+    #[arg(value_name = "PATTERN", required = true)]
+    pub patterns: Vec<String>,
+    /// Ignore case
+    #[arg(short, long)]
+    pub ignore_case: bool,
+    /// Patterns are regular expressions (matching any part of the path)
+    #[arg(long)]
+    pub regex: bool,
+    /// Long output: the servers holding each path, its size and modification time
+    #[arg(short = 'l', long)]
+    pub long: bool,
+    #[command(flatten)]
+    pub file: IndexFile,
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct CrawlArgs {
+    #[command(flatten)]
+    pub file: IndexFile,
+    /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout in seconds for every connect, login, command and data read
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Connections per server at most
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_connections: usize,
+    /// Fetch at most N listings in this run, then stop as if interrupted (the next run resumes)
+    #[arg(long, value_name = "N")]
+    pub max_listings: Option<u64>,
+    /// Listings fetched within this many seconds are not fetched again
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub cache_ttl: f64,
+    /// More log output (-v info, -vv debug)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `ftpcircle-fs check [OPTIONS] [SERVERLIST]`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// serverlist.txt to check (same as --servers)
+    #[arg(value_name = "SERVERLIST")]
+    pub serverlist: Option<PathBuf>,
+    /// serverlist.txt to check [default: as for mounting]
+    #[arg(long, value_name = "FILE")]
+    pub servers: Option<PathBuf>,
+    /// Extra trusted CA certificate(s) (PEM) for FTPS servers with a private CA
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout in seconds for every connect, login and command (all servers in parallel)
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `main` should do.
@@ -109,6 +207,12 @@ pub enum Parsed {
     Mount { args: Box<Args>, fake: bool },
     /// Print this text on stdout and exit 0 (help, version, completions).
     Print(String),
+    /// `ftpcircle-fs locate`.
+    Locate(LocateArgs),
+    /// `ftpcircle-fs index`.
+    Crawl(CrawlArgs),
+    /// `ftpcircle-fs check`.
+    Check(CheckArgs),
 }
 
 /// A command-line error: the message and whether it is bad usage (status 2).
@@ -137,6 +241,9 @@ const FUSE_OPTIONS: &[&str] = &[
     "sync",
     "async",
     "dirsync",
+    // Ours, not the kernel's: mount on a directory that is not empty or is a mount point
+    // (src/preflight.rs).
+    "nonempty",
 ];
 /// FUSE options with a value (`fsname=NAME`).
 const FUSE_VALUE_OPTIONS: &[&str] = &["fsname", "subtype", "max_read", "blksize"];
@@ -189,8 +296,26 @@ pub fn parse(argv: Vec<OsString>) -> Result<Parsed, Usage> {
             };
         }
     };
-    if let Some(Cmd::Completions { shell }) = args.command {
-        return Ok(Parsed::Print(completions(shell)));
+    match args.command.take() {
+        Some(Cmd::Completions { shell }) => return Ok(Parsed::Print(completions(shell))),
+        Some(Cmd::Locate(l)) => return Ok(Parsed::Locate(l)),
+        Some(Cmd::Index(c)) => return Ok(Parsed::Crawl(c)),
+        Some(Cmd::Check(mut check)) => {
+            if let Some(list) = check.serverlist.take() {
+                if check.servers.is_some() {
+                    return Err(Usage(
+                        "the serverlist is given twice (as SERVERLIST and as --servers); give it once"
+                            .into(),
+                    ));
+                }
+                check.servers = Some(list);
+            }
+            if !(check.timeout > 0.0 && check.timeout <= 3600.0) {
+                return Err(Usage("--timeout must be between 0 and 3600 seconds".into()));
+            }
+            return Ok(Parsed::Check(check));
+        }
+        None => {}
     }
     // Two positionals: SERVERLIST MOUNTPOINT; one: MOUNTPOINT (clap fills the first slot).
     if args.mountpoint.is_none() {

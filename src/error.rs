@@ -17,6 +17,8 @@ pub enum Kind {
     IsDir,
     /// A symlink where a file was wanted: what `open(O_NOFOLLOW)` of a symlink gives (ELOOP).
     IsSymlink,
+    /// No extended attribute of that name (ENODATA).
+    NoAttr,
     /// A file handle we never gave out or that was released (EBADF).
     BadHandle,
     /// Two copies served as mirrors turned out to differ (a splice check or their hashes): the
@@ -74,6 +76,7 @@ impl Error {
             Kind::IsDir => libc::EISDIR,
             Kind::IsSymlink => libc::ELOOP,
             Kind::BadHandle => libc::EBADF,
+            Kind::NoAttr => libc::ENODATA,
             Kind::ReadOnly => libc::EROFS,
             Kind::Network
             | Kind::Timeout
@@ -97,6 +100,7 @@ impl Error {
             | Kind::IsDir
             | Kind::IsSymlink
             | Kind::BadHandle
+            | Kind::NoAttr
             | Kind::ReadOnly
             | Kind::Invalid
             | Kind::NoRest => log::Level::Debug,

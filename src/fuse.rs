@@ -79,6 +79,16 @@ impl CircleFs {
     }
 }
 
+fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
 fn ftype(k: FileKind) -> FileType {
     match k {
         FileKind::Dir => FileType::Directory,
@@ -126,6 +136,10 @@ impl Filesystem for CircleFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.circle.open(ino.0, flags.0) {
+            // A status file: generated at open, its size is not known ahead.
+            Ok((fh, _)) if self.circle.is_generated(ino.0) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             // Opened before with the same size and mtime: what the kernel cached from that open
             // is still right, so keep it (reading the same file again is free).
             Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -258,19 +272,19 @@ impl Filesystem for CircleFs {
         }
     }
 
-    // FTP has no extended attributes: every file has none. listxattr answers an empty list and
-    // getxattr ENODATA ("no such attribute"), as on a local filesystem without xattrs, so tools
-    // (`cp -a`, `rsync -X`, `ls -l`) see "none" rather than "not supported". The cost: the kernel
-    // asks again for every file (ENOSYS would stop it), a local round trip of microseconds.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+    // The provenance xattrs (`user.ftpcircle.*`, see `circle::provenance`), from memory.
+    // Size 0 asks for the length; a buffer too small is ERANGE, as xattr(7) says.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.circle.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.circle.listxattr(ino.0) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -424,6 +438,14 @@ impl Filesystem for CircleFs {
     }
 }
 
+/// `-o nonempty`: mount over a directory that has entries (they stay hidden while mounted).
+pub fn nonempty_allowed(user_opts: &[String]) -> bool {
+    user_opts
+        .iter()
+        .flat_map(|o| o.split(','))
+        .any(|o| o.trim() == "nonempty")
+}
+
 /// Start the thread that invalidates, in the kernel, names that left their directory on the
 /// servers while the kernel held them (see [`Circle::watch_gone`]), so the kernel forgets
 /// them and the inode table can drop them. A separate thread: the kernel takes the directory's
@@ -459,7 +481,8 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
     for opt in user_opts.iter().flat_map(|o| o.split(',')) {
         let opt = opt.trim();
         match opt {
-            "" | "ro" => {}
+            // nonempty: ours (see `nonempty_allowed`), not the kernel's.
+            "" | "ro" | "nonempty" => {}
             // mount(8) and mount.fuse3 add `rw` (no `ro` in fstab), `dev` and `suid` on their
             // own: the mount stays read-only, nodev and nosuid whatever they say.
             "rw" | "dev" | "suid" => log::debug!("-o {opt}: ignored (always ro,nodev,nosuid)"),
@@ -485,4 +508,74 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
     cfg.n_threads = Some(FUSE_THREADS);
     cfg.clone_fd = true;
     Ok(cfg)
+}
+
+/// A mounted filesystem whose session is not serving yet.
+pub struct Mounted {
+    session: fuser::Session<CircleFs>,
+}
+
+/// Mount `fs` on `mountpoint` and do the FUSE handshake.
+pub fn mount(fs: CircleFs, mountpoint: &Path, cfg: &Config) -> std::io::Result<Mounted> {
+    Ok(Mounted {
+        session: fuser::Session::new(fs, mountpoint, cfg)?,
+    })
+}
+
+/// The kernel side of a serving session, as seen from outside the FUSE threads.
+pub struct Connection {
+    /// A duplicate of the session's /dev/fuse descriptor, only ever polled.
+    device: std::os::fd::OwnedFd,
+}
+
+impl Mounted {
+    /// Start the kernel invalidator (see [`start_invalidator`]) for this session.
+    pub fn start_invalidator(&self, circle: &Circle) {
+        start_invalidator(circle, self.session.notifier());
+    }
+
+    /// Serve requests on [`FUSE_THREADS`] threads in the background; `ended` gets the
+    /// session's result once the kernel ends the connection (after an unmount that leaves no
+    /// copy of the mount anywhere). Until then the threads block on /dev/fuse; ending the
+    /// process is the other way out (closing /dev/fuse aborts the connection).
+    pub fn serve(
+        self,
+        ended: impl FnOnce(std::io::Result<()>) + Send + 'static,
+    ) -> std::io::Result<(Connection, Unmounter)> {
+        use std::os::fd::AsFd;
+        let device = self.session.as_fd().try_clone_to_owned()?;
+        let mut session = self.session;
+        let unmounter = Unmounter(session.unmount_callable());
+        std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || ended(session.run()))?;
+        Ok((Connection { device }, unmounter))
+    }
+}
+
+/// Unmounts through fuser, which then no longer tries to unmount when the session ends.
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    /// A plain unmount (EBUSY while files are open; EINVAL if the mount is gone from here);
+    /// a no-op once the kernel has ended the connection.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+impl Connection {
+    /// True once the kernel has aborted the connection (unmounted with no copy left, or
+    /// aborted through fusectl): /dev/fuse then polls as POLLERR.
+    pub fn aborted(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.device.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd for an fd we own; timeout 0 never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLERR != 0
+    }
 }

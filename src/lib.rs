@@ -7,16 +7,24 @@
 //! - [`circle`]: the merged view: inode table, listing cache, merge rules, reads;
 //! - [`fuse`]: the thin fuser adapter;
 //! - [`logging`]: the logger, which never lets a password through;
+//! - [`mounts`]: this namespace's mount table (what is mounted where; is our mount still here);
+//! - [`preflight`]: the checks before mounting, each failure saying what to do;
+//! - [`check`]: `ftpcircle-fs check`, every server probed without mounting;
 //! - [`cli`]: the command line, its mount(8)/fstab forms, man page and completions;
-//! - [`workers`]: bounded thread pools for everything that runs in the background.
+//! - [`workers`]: bounded thread pools for everything that runs in the background;
+//! - [`index`]: the persistent listing index (instant start, offline servers, `locate`).
 
 pub mod backend;
+pub mod check;
 pub mod circle;
 pub mod cli;
 pub mod error;
 pub mod ftp;
 pub mod fuse;
+pub mod index;
 pub mod logging;
+pub mod mounts;
+pub mod preflight;
 pub mod serverlist;
 pub mod workers;
 
@@ -35,4 +43,7 @@ pub const MAX_THREADS: usize = 1
     + circle::segments::SEGMENT_WORKERS
     + 1
     + ftp::pool::PROBE_WORKERS
-    + 1;
+    + 1
+    // the index writer and the revalidation pool
+    + 1
+    + circle::refresh::REVALIDATE_WORKERS;

@@ -1,5 +1,12 @@
 //! Logging: env_logger with our levels (`-q`, `-v`, `RUST_LOG`), to stderr, `--log-file`, or
-//! (a daemon without `--log-file`) syslog.
+//! (a daemon without `--log-file`) syslog; and the plain `ftpcircle-fs: warning: ...` lines
+//! meant for the user at the terminal.
+//!
+//! During start-up the program reports every problem to the user itself, once and plainly
+//! ([`warn_user`]; one summary line when many servers fail). When the log also goes to stderr
+//! at the default level, its WARN records of that phase would say the same things again in log
+//! format, so they are held back until [`startup_done`]; `-v`, `RUST_LOG` and `--log-file`
+//! keep them all.
 //!
 //! Owns: the one logger of the process and where its records go.
 //!
@@ -14,6 +21,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -24,13 +32,45 @@ const SYSLOG_ENV: &str = "FTPCIRCLE_SYSLOG_SOCKET";
 
 type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
+/// `-q`: no warnings for the user either.
+static QUIET: AtomicBool = AtomicBool::new(false);
+/// Until the mount is ready.
+static STARTING: AtomicBool = AtomicBool::new(true);
+
 struct SafeLogger {
     inner: env_logger::Logger,
     syslog: Mutex<Option<Syslog>>,
+    /// Log to stderr at the default level: start-up WARN records repeat [`warn_user`] lines.
+    hold_startup_warnings: bool,
+}
+
+/// A warning for the user: `ftpcircle-fs: warning: MSG` on stderr, unless `-q`.
+pub fn warn_user(msg: impl std::fmt::Display) {
+    if !QUIET.load(Ordering::Relaxed) {
+        eprintln!("ftpcircle-fs: warning: {msg}");
+    }
+}
+
+/// The mount is ready: from now on the log is the only report.
+pub fn startup_done() {
+    STARTING.store(false, Ordering::Relaxed);
 }
 
 fn is_protocol_trace(target: &str, level: log::Level) -> bool {
     level == log::Level::Trace && target.starts_with("suppaftp")
+}
+
+/// fuser's "Failed to umount filesystem" after an unmount from outside (`fusermount3 -u`):
+/// when the session ends it polls /dev/fuse to see whether the mount is still there, which
+/// races the kernel's teardown, and then warns that unmounting the gone mount failed (EINVAL).
+/// The daemon tracks its mount in mountinfo itself (src/mounts.rs); this record is noise.
+fn is_spurious_unmount_warning(record: &Record<'_>) -> bool {
+    record.level() == log::Level::Warn
+        && record.target().starts_with("fuser")
+        && record
+            .args()
+            .to_string()
+            .starts_with("Failed to umount filesystem")
 }
 
 impl Log for SafeLogger {
@@ -39,7 +79,10 @@ impl Log for SafeLogger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
+        let held = self.hold_startup_warnings
+            && record.level() == log::Level::Warn
+            && STARTING.load(Ordering::Relaxed);
+        if held || !self.enabled(record.metadata()) || is_spurious_unmount_warning(record) {
             return;
         }
         if let Ok(mut guard) = self.syslog.lock()
@@ -105,10 +148,12 @@ pub fn init(verbosity: i8, log_file: Option<&Path>) -> Result<(), String> {
         2 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     };
+    QUIET.store(verbosity < 0, Ordering::Relaxed);
     let mut b = env_logger::Builder::new();
     b.filter_level(level);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
+    let rust_log = std::env::var("RUST_LOG").ok();
+    if let Some(spec) = &rust_log {
+        b.parse_filters(spec);
     }
     if let Some(path) = log_file {
         let file =
@@ -125,6 +170,7 @@ pub fn init(verbosity: i8, log_file: Option<&Path>) -> Result<(), String> {
     let logger: &'static SafeLogger = Box::leak(Box::new(SafeLogger {
         inner,
         syslog: Mutex::new(None),
+        hold_startup_warnings: log_file.is_none() && verbosity == 0 && rust_log.is_none(),
     }));
     let _ = LOGGER.set(logger);
     log::set_logger(logger).map_err(|e| e.to_string())

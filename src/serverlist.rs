@@ -196,13 +196,13 @@ pub fn load(file: &Path) -> Result<Vec<ServerSpec>, ServerListError> {
     let entries = parse_entries(file, &content, &Sources::REAL)?;
     if passwords_exposed(mode, &entries) {
         // Printed on the terminal even when the log goes to a file: the user must see it.
-        eprintln!(
-            "ftpcircle-fs: warning: {}: readable by group/others (mode {:03o}) but contains \
-             passwords; run `chmod 600 {}` or use env:/file: password references",
+        crate::logging::warn_user(format_args!(
+            "{}: readable by group/others (mode {:03o}) but contains passwords; run \
+             `chmod 600 {}` or use env:/file: password references",
             file.display(),
             mode & 0o777,
             file.display()
-        );
+        ));
     }
     Ok(entries.into_iter().map(|e| e.spec).collect())
 }
@@ -255,9 +255,22 @@ fn locate_in(
     if config.is_none() {
         message.push_str(" ($XDG_CONFIG_HOME and $HOME are unset)");
     }
-    message
-        .push_str("; create one (see serverlist.txt.sample) or give its path on the command line");
+    message.push_str(&format!(
+        ". To start: cp {} serverlist.txt, uncomment or add one line per server (server,user,\
+         pass,tlstoggle), and run again from that directory; or give a list with --servers FILE",
+        sample_path()
+    ));
     Err(message)
+}
+
+/// Where the sample list is: the source tree this binary was built from, if it is still there.
+fn sample_path() -> String {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("serverlist.txt.sample");
+    if built.is_file() {
+        built.display().to_string()
+    } else {
+        "serverlist.txt.sample (in the ftpcircle-fs source tree)".to_string()
+    }
 }
 
 /// The XDG base directory spec says a relative or empty `XDG_CONFIG_HOME` is
@@ -465,7 +478,10 @@ fn parse_entries(
     if entries.is_empty() {
         return Err(ServerListError::whole(
             file,
-            format!("no servers listed ({COLUMNS_HINT}, one server per line)"),
+            format!(
+                "no servers listed: every line is blank or a comment; add one server per line \
+                 ({COLUMNS_HINT}), e.g. ftp.example.org,,,0 for anonymous plain FTP"
+            ),
         ));
     }
     Ok(entries)
@@ -1589,6 +1605,9 @@ mod tests {
             e.contains(&xdg.join("ftpcircle/serverlist.txt").display().to_string()),
             "{e}"
         );
+        // ... and how to start: copy the sample (this tree's) and edit it.
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/serverlist.txt.sample");
+        assert!(e.contains(&format!("cp {sample} serverlist.txt")), "{e}");
 
         // $HOME/.config is the fallback when XDG_CONFIG_HOME is unset,
         // empty or relative.

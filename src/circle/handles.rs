@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use super::inodes::NodeKind;
 use super::reader::{Context, Data, OpenFile};
-use super::{Circle, DirEntry, lock_err, prefetch};
+use super::{Circle, DirEntry, control, lock_err, prefetch};
 use crate::error::{Error, Kind, Result};
 
 /// Read-ahead of big open files runs on at most this many threads: each keeps one transfer
@@ -127,7 +127,29 @@ impl Circle {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(Error::new(Kind::ReadOnly, "read-only file system"));
         }
+        if control::is_generated(ino) {
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            let text: Arc<[u8]> = self.generated(ino).into();
+            self.generated
+                .lock()
+                .map_err(|_| lock_err())?
+                .insert(fh, text);
+            return Ok((fh, false));
+        }
         let (path, size, sources) = self.file_info(ino)?;
+        // Only down servers hold it (entries kept while offline): fail now, naming them,
+        // rather than let the kernel serve pages it cached before the outage.
+        if !sources.is_empty() && sources.iter().all(|&s| self.backend.is_down(s)) {
+            let labels: Vec<&str> = sources.iter().map(|&s| self.backend.label(s)).collect();
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!(
+                    "/{}: only on {}, which is down",
+                    String::from_utf8_lossy(&path),
+                    labels.join(", ")
+                ),
+            ));
+        }
         let mut keep_cache = false;
         if let Ok(mut nodes) = self.nodes.write()
             && let Some(n) = nodes.get_mut(ino)
@@ -144,7 +166,7 @@ impl Circle {
             segments: Arc::clone(&self.segments),
         };
         let file = OpenFile::new(&ctx, ino, path, size, sources);
-        if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX {
+        if self.opts.prefetch && size <= prefetch::SMALL_FILE_MAX && !self.in_view(ino) {
             if let Some(data) = self.prefetched.take(file.path(), self.opts.max_wait)
                 && data.len() as u64 == size
             {
@@ -159,7 +181,18 @@ impl Circle {
         Ok((fh, keep_cache))
     }
 
+    /// Is `ino` a generated file (a status file)? Its size changes between stat and read, so
+    /// the adapter opens it with direct I/O (reads go by the snapshot, not the size).
+    pub fn is_generated(&self, ino: u64) -> bool {
+        control::is_generated(ino)
+    }
+
     pub fn read(&self, fh: u64, off: u64, len: usize) -> Result<Data> {
+        if let Some(text) = self.generated.lock().map_err(|_| lock_err())?.get(&fh) {
+            let start = (off as usize).min(text.len());
+            let end = start.saturating_add(len).min(text.len());
+            return Ok(Data::Owned(text[start..end].to_vec()));
+        }
         let file = self
             .files
             .lock()
@@ -181,6 +214,11 @@ impl Circle {
     }
 
     pub fn release(&self, fh: u64) {
+        if let Ok(mut g) = self.generated.lock()
+            && g.remove(&fh).is_some()
+        {
+            return;
+        }
         let file = self.files.lock().ok().and_then(|mut f| f.remove(&fh));
         if let Some(file) = file {
             file.close();

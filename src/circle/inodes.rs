@@ -43,6 +43,21 @@ pub(super) struct DirData {
     pub(super) expires: Option<Instant>,
     /// How many levels below this directory have been queued for prefetch already.
     pub(super) prefetched_depth: u8,
+    /// A merged directory, a directory of the control tree, or the root of a server's view.
+    pub(super) role: DirRole,
+}
+
+/// What a directory node stands for (see [`super::control`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum DirRole {
+    /// A directory of the tree: its children come from its servers' listings.
+    #[default]
+    Listed,
+    /// A directory of the control tree: fixed children, never listed on a server.
+    Control,
+    /// The root of one server's own tree (`.ftpcircle/servers/<name>`): paths below it are
+    /// relative to it, and its only source is that server.
+    ViewRoot,
 }
 
 pub(super) struct Node {
@@ -81,6 +96,9 @@ pub(super) struct Nodes {
     list: Vec<Option<Node>>,
     free: Vec<u64>,
     live: usize,
+    /// Inodes `1..=pinned` (the root and the control tree) are never dropped and count as
+    /// listed, though the control directory is in no listing.
+    pinned: u64,
 }
 
 impl Nodes {
@@ -89,7 +107,17 @@ impl Nodes {
             list: Vec::new(),
             free: Vec::new(),
             live: 0,
+            pinned: ROOT,
         }
+    }
+
+    /// Pin every node pushed so far (the root and the control tree).
+    pub(super) fn pin_all(&mut self) {
+        self.pinned = self.list.len() as u64;
+    }
+
+    pub(super) fn is_pinned(&self, ino: u64) -> bool {
+        ino <= self.pinned
     }
 
     pub(super) fn get(&self, ino: u64) -> Option<&Node> {
@@ -112,8 +140,9 @@ impl Nodes {
         self.list.len() as u64
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.live
+    /// Nodes that are not pinned (the root and the control tree are).
+    pub(super) fn len_unpinned(&self) -> usize {
+        self.live.saturating_sub(self.pinned as usize)
     }
 
     /// The child of `dir` called `name`, by binary search of its name-sorted order.
@@ -132,7 +161,7 @@ impl Nodes {
         for (i, node) in self.list.iter().enumerate() {
             let Some(node) = node else { continue };
             let ino = i as u64 + 1;
-            if ino == super::ROOT || self.is_listed(ino) {
+            if ino == super::ROOT || (!self.is_pinned(ino) && self.is_listed(ino)) {
                 entries += 1;
                 if matches!(node.kind, NodeKind::File) {
                     bytes = bytes.saturating_add(node.size);
@@ -144,6 +173,9 @@ impl Nodes {
 
     /// Is `ino` in its parent's current listing?
     fn is_listed(&self, ino: u64) -> bool {
+        if self.is_pinned(ino) {
+            return true;
+        }
         let Some(n) = self.get(ino) else {
             return false;
         };
@@ -224,7 +256,8 @@ impl Circle {
         }
     }
 
-    /// The node's path relative to the servers' roots ("" for the root).
+    /// The node's path relative to the servers' roots ("" for the root and for the root of a
+    /// server's view).
     pub(super) fn path_of(nodes: &Nodes, mut ino: u64) -> Vec<u8> {
         let mut parts: Vec<&[u8]> = Vec::new();
         // Bounded by the tree depth; a malformed parent chain stops at the first missing node.
@@ -235,6 +268,11 @@ impl Circle {
             let Some(node) = nodes.get(ino) else {
                 break;
             };
+            if let NodeKind::Dir(d) = &node.kind
+                && d.role == DirRole::ViewRoot
+            {
+                break;
+            }
             parts.push(&node.name);
             ino = node.parent;
         }

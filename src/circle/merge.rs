@@ -41,7 +41,7 @@ pub struct Merged {
     /// How precisely the first server's listing gave `mtime`.
     pub mtime_precision: Precision,
     /// Servers holding it (priority order): all servers with the directory, or the mirrors of
-    /// the file, or the one server of the symlink.
+    /// the file, or the servers with the same symlink (the first one's is shown).
     pub sources: Vec<usize>,
 }
 
@@ -51,6 +51,10 @@ pub struct Conflict {
     pub kept: usize,
     pub hidden: usize,
     pub why: &'static str,
+    /// The hidden entry as its server lists it.
+    pub kind: MergedKind,
+    pub size: u64,
+    pub mtime: Option<SystemTime>,
 }
 
 /// Are two listed files copies of the same file? Same size, and the same modification time at
@@ -113,10 +117,8 @@ pub fn merge(
                     Some("files of the same size and time but different contents")
                 }
                 (MergedKind::File, MergedKind::File) => None,
-                (MergedKind::Symlink(a), MergedKind::Symlink(b)) if a == b => {
-                    // Same link on two servers: nothing to add, the first one serves it.
-                    continue;
-                }
+                // Same link on two servers: the same entry, the first one serves it.
+                (MergedKind::Symlink(a), MergedKind::Symlink(b)) if a == b => None,
                 (MergedKind::Symlink(_), MergedKind::Symlink(_)) => {
                     Some("symlinks with different targets")
                 }
@@ -133,6 +135,9 @@ pub fn merge(
                     kept: m.sources[0],
                     hidden: server,
                     why,
+                    kind,
+                    size: e.size,
+                    mtime: e.mtime,
                 }),
             }
         }
@@ -401,7 +406,11 @@ mod tests {
         let c = [l("ln", "t2")];
         let (m, conf) = merge(&[(0, &a), (1, &b), (2, &c)], &no_differ());
         assert_eq!(m[0].kind, MergedKind::Symlink(b"t1".to_vec()));
-        assert_eq!(m[0].sources, [0]);
+        assert_eq!(
+            m[0].sources,
+            [0, 1],
+            "the same link on two servers: both hold it"
+        );
         assert_eq!(conf.len(), 1);
         assert_eq!(conf[0].hidden, 2);
     }

@@ -19,6 +19,8 @@
 //! | [`choice`] | which copy to read first, by measured speed |
 //! | [`segments`] | segmented reads of big files from several copies and connections at once |
 //! | [`reaper`] | freeing the connections of open files nobody reads |
+//! | [`control`] | the control directory (`.ftpcircle`): status files and each server's own view |
+//! | [`provenance`] | the `user.ftpcircle.*` xattrs: servers, mirrors, hidden copies, URL |
 //!
 //! Invariants:
 //! - a name keeps its inode number while it stays listed with the same kind, and for as long
@@ -31,11 +33,13 @@
 
 pub mod cache;
 pub mod choice;
+pub mod control;
 pub mod handles;
 pub mod inodes;
 pub mod merge;
 pub mod mirrors;
 pub mod prefetch;
+pub mod provenance;
 pub mod reader;
 pub mod reaper;
 pub mod refresh;
@@ -44,7 +48,7 @@ pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{Backend, Priority};
@@ -95,7 +99,19 @@ pub struct Options {
     pub prefetch: bool,
     /// Segmented reads of big files (see [`segments`]).
     pub segments: segments::SegmentOptions,
+    /// How long the last known entries of a server that stopped answering stay in the
+    /// merged tree, marked offline (see [`refresh`]).
+    pub offline_keep: Duration,
+    /// Name of the control directory at the mount root (see [`control`]).
+    pub control_dir: Vec<u8>,
+    /// The persistent listing index (see [`crate::index`]), if any.
+    pub index: Option<Arc<crate::index::Index>>,
 }
+
+/// A down server's last known entries stay for an hour: long enough to ride out a restart or
+/// a network blip without `find` missing files, short enough that a server taken away for good
+/// leaves the tree the same day.
+pub const DEFAULT_OFFLINE_KEEP: Duration = Duration::from_secs(3600);
 
 pub struct Circle {
     backend: Arc<dyn Backend>,
@@ -120,6 +136,19 @@ pub struct Circle {
     gone: Mutex<Option<inodes::GoneSender>>,
     queue: Arc<Queue>,
     prefetched: FileCache,
+    /// Revalidates directories served from stale index listings (see [`refresh`]).
+    revalidators: Workers,
+    revalidating: Mutex<HashSet<u64>>,
+    /// Itself, for background jobs (set by [`Circle::start_revalidation`]).
+    me: OnceLock<Weak<Circle>>,
+    /// The copies each directory's last merge hid, by directory (see [`provenance`]).
+    hidden: Mutex<HashMap<u64, Vec<merge::Conflict>>>,
+    /// Open generated files (the status files): the snapshot each open read.
+    generated: Mutex<HashMap<u64, Arc<[u8]>>>,
+    /// Servers that gave a listing since the mount started (the others have nothing known).
+    listed: Mutex<ServerSet>,
+    /// The name of each server's view (see [`control`]).
+    view_names: Vec<Vec<u8>>,
 }
 
 fn lock_err() -> Error {
@@ -146,12 +175,19 @@ impl Circle {
             lookups: AtomicU32::new(0),
         });
         debug_assert_eq!(root, ROOT);
+        let view_names = control::view_names(backend.as_ref());
+        control::build(&mut nodes, &opts.control_dir, &view_names, now);
         Circle {
             cache: Arc::new(ListingCache::new(
                 opts.ttl,
                 opts.cache_entries,
                 opts.max_wait,
+                opts.index.clone(),
             )),
+            revalidators: Workers::new("ftpc-revalidate", refresh::REVALIDATE_WORKERS),
+            revalidating: Mutex::default(),
+            me: OnceLock::new(),
+
             listers: Workers::new("ftpc-list", LIST_WORKERS),
             readahead: Arc::new(Workers::new("ftpc-readahead", READAHEAD_WORKERS)),
             segments: Arc::new(segments::SegmentContext::new(opts.segments)),
@@ -167,6 +203,10 @@ impl Circle {
             gone: Mutex::new(None),
             queue: Arc::new(Queue::default()),
             prefetched: FileCache::default(),
+            hidden: Mutex::new(HashMap::new()),
+            generated: Mutex::new(HashMap::new()),
+            listed: Mutex::new(ServerSet::default()),
+            view_names,
         }
     }
 
@@ -191,9 +231,14 @@ impl Circle {
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.refresh(parent, Priority::Foreground, prefetch::DIR_DEPTH)?;
+        let control = parent == ROOT && name == self.opts.control_dir.as_slice();
+        if !control {
+            self.refresh(parent, Priority::Foreground, prefetch::DIR_DEPTH)?;
+        }
         let nodes = self.nodes.read().map_err(|_| lock_err())?;
         let ino = match &nodes.get(parent).ok_or_else(Error::not_found)?.kind {
+            // Reachable by name, in no listing (see [`control`]).
+            _ if control => control::CONTROL,
             NodeKind::Dir(d) => nodes.child(d, name).ok_or_else(Error::not_found)?,
             _ => return Err(Error::new(Kind::NotDir, "not a directory")),
         };
@@ -210,10 +255,19 @@ impl Circle {
         let NodeKind::Dir(d) = &nodes.get(ino).ok_or_else(Error::not_found)?.kind else {
             return Err(Error::new(Kind::NotDir, "not a directory"));
         };
+        // A real entry of the control directory's name is shown in its server's view only.
+        let hide: &[u8] = if ino == ROOT {
+            &self.opts.control_dir
+        } else {
+            b""
+        };
         Ok(d.order
             .iter()
             .filter_map(|&child| {
                 let node = nodes.get(child)?;
+                if *node.name == *hide {
+                    return None;
+                }
                 Some(DirEntry {
                     name: node.name.to_vec(),
                     attr: self.attr_of(child, node),
@@ -238,9 +292,13 @@ impl Circle {
         }
     }
 
-    /// Number of inodes in the table (live nodes and ones the kernel still holds).
+    /// Number of inodes in the table (live nodes and ones the kernel still holds), the root
+    /// counted but not the control tree.
     pub fn inode_count(&self) -> u64 {
-        self.nodes.read().map(|n| n.len() as u64).unwrap_or(0)
+        self.nodes
+            .read()
+            .map(|n| n.len_unpinned() as u64 + 1)
+            .unwrap_or(0)
     }
 
     /// The merged tree known so far (for statfs): entries still listed in their directory
@@ -252,6 +310,9 @@ impl Circle {
     fn attr_of(&self, ino: u64, node: &Node) -> Attr {
         let (kind, perm, nlink, size) = match &node.kind {
             NodeKind::Dir(_) => (FileKind::Dir, 0o555, 2, 0),
+            NodeKind::File if control::is_generated(ino) => {
+                (FileKind::File, 0o444, 1, self.generated(ino).len() as u64)
+            }
             NodeKind::File => (FileKind::File, 0o444, 1, node.size),
             NodeKind::Symlink(t) => (FileKind::Symlink, 0o777, 1, t.len() as u64),
         };
@@ -259,7 +320,11 @@ impl Circle {
             ino,
             kind,
             size,
-            mtime: node.mtime,
+            mtime: if control::is_generated(ino) {
+                SystemTime::now()
+            } else {
+                node.mtime
+            },
             perm,
             nlink,
         }

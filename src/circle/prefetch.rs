@@ -250,7 +250,7 @@ impl Circle {
         {
             return;
         }
-        if size > SMALL_FILE_MAX || !self.prefetched.begin(&path) {
+        if size > SMALL_FILE_MAX || self.in_view(ino) || !self.prefetched.begin(&path) {
             return;
         }
         let mut data = None;

@@ -7,6 +7,18 @@
 //! directory asks (its sources, keeping those that failed this time), conflict logging, and
 //! invalidation after a read found a file changed.
 //!
+//! Offline entries: a server whose listing fails keeps its last known entries of that
+//! directory in the merged listing for `--offline-keep` after it went offline
+//! ([`Circle::offline_entries`]), as long as the listing cache still holds them. They show
+//! the server as offline ([`Circle::offline_since`]), and opening a file only down servers
+//! hold fails at once (see [`super::handles`]). A server down since the mount has no known
+//! entries unless the listing index has them: then it shows those, kept as if it had gone
+//! offline when the mount started (see [`cache`]).
+//!
+//! With a listing index: a directory merged from a listing older than the TTL
+//! ([`Origin::Stale`](cache::Origin::Stale)) is served at once and revalidated in the
+//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time).
+//!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
 //!   table to be dropped once the kernel lets go of them;
@@ -16,13 +28,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::inodes::{Node, NodeKind};
+use super::inodes::{DirRole, Node, NodeKind};
 use super::merge::{self, Merged, MergedKind};
 use super::server_set::ServerSet;
 use super::{Circle, ROOT, cache, lock_err};
-use crate::backend::Priority;
+use crate::backend::{Priority, RawEntry};
 use crate::error::{Error, Kind, Result};
 
 /// Listings of one directory run on at most this many threads (plus the requesting one). A
@@ -30,15 +42,63 @@ use crate::error::{Error, Kind, Result};
 /// all waited out in parallel and startup takes about one timeout, not one per 128 of them.
 pub const LIST_WORKERS: usize = 128;
 
+/// Directories revalidated in the background at once (after a restart, as a walker visits
+/// listings older than the TTL): each uses one spare connection per server holding it
+/// (background priority), so 4 keep a server's default 4 connections busy without crowding
+/// out the walker.
+pub const REVALIDATE_WORKERS: usize = 4;
+
 impl Circle {
     /// Fetch the root listing of every server (in parallel, through the cache) and return the
     /// errors of those that failed, so startup can name them.
     pub fn check_servers(&self) -> Vec<Error> {
         let all = ServerSet::all(self.backend.servers());
-        self.fetch_all(all, b"", Priority::Foreground)
+        // Asked of the servers themselves, not of the index: this is to see who answers.
+        let fetched = self.fetch_all(all, b"", Priority::Foreground, false);
+        self.note_listed(&fetched);
+        fetched
             .into_iter()
-            .filter_map(|(_, f)| f.result.as_ref().err().cloned())
+            .filter_map(|(_, f)| match (&f.result, &f.last_ok) {
+                (Err(e), Some(_)) => Some(Error::new(
+                    e.kind,
+                    format!("{e}; showing its entries from the listing index, marked offline"),
+                )),
+                (Err(e), None) => Some(e.clone()),
+                _ => None,
+            })
             .collect()
+    }
+
+    /// Let stale directories be revalidated in the background (without this, e.g. in unit
+    /// tests that do not want it, they are only refetched when their TTL runs out).
+    pub fn start_revalidation(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Refresh directory `ino` from its servers, not from the index, in the background (once
+    /// at a time per directory).
+    fn queue_revalidate(&self, ino: u64) {
+        let Some(me) = self.me.get().cloned() else {
+            return;
+        };
+        {
+            let mut pending = self.revalidating.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded by the directories the table holds; each leaves when its job ends.
+            if !pending.insert(ino) {
+                return;
+            }
+        }
+        self.revalidators.spawn(move || {
+            if let Some(c) = me.upgrade() {
+                if let Err(e) = c.refresh_dir_with(ino, Priority::Background, false) {
+                    log::debug!("revalidating a directory: {e}");
+                }
+                c.revalidating
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ino);
+            }
+        });
     }
 
     /// Make sure the merged listing of directory `ino` is fresh, fetching if needed, then
@@ -51,24 +111,47 @@ impl Circle {
         Ok(())
     }
 
+    fn dir_is_empty(&self, ino: u64) -> bool {
+        self.nodes.read().is_ok_and(|nodes| {
+            matches!(nodes.get(ino).map(|n| &n.kind), Some(NodeKind::Dir(d)) if d.order.is_empty())
+        })
+    }
+
     /// Make sure the merged listing of directory `ino` is fresh, fetching if needed.
     pub(super) fn refresh_dir(&self, ino: u64, prio: Priority) -> Result<()> {
+        self.refresh_dir_with(ino, prio, true)
+    }
+
+    /// As [`refresh_dir`](Self::refresh_dir); `use_index: false` revalidates: the listings
+    /// are fetched from the servers even when the directory looks fresh.
+    fn refresh_dir_with(&self, ino: u64, prio: Priority, use_index: bool) -> Result<()> {
         let (path, servers) = {
             let nodes = self.nodes.read().map_err(|_| lock_err())?;
             let node = nodes.get(ino).ok_or_else(Error::not_found)?;
             let NodeKind::Dir(d) = &node.kind else {
                 return Err(Error::new(Kind::NotDir, "not a directory"));
             };
-            if d.expires.is_some_and(|e| Instant::now() < e) {
+            if (use_index && d.expires.is_some_and(|e| Instant::now() < e))
+                || d.role == DirRole::Control
+            {
                 return Ok(());
             }
             (Self::path_of(&nodes, ino), node.sources.clone())
         };
-        let fetched = self.fetch_all(servers, &path, prio);
+        let fetched = self.fetch_all(servers, &path, prio, use_index);
         let mut ok = Vec::new();
         let mut first_err = None;
         let mut failed = ServerSet::default();
+        let mut stale = false;
+        // The merged listing is as old as its oldest part.
+        let mut oldest = Instant::now();
+        self.note_listed(&fetched);
         for (server, f) in &fetched {
+            match f.origin {
+                cache::Origin::Stale => stale = true,
+                cache::Origin::Index => oldest = oldest.min(f.at),
+                cache::Origin::Network => {}
+            }
             match &f.result {
                 Ok(entries) => ok.push((*server, &entries[..])),
                 // The directory went away on that server: it contributes nothing.
@@ -77,24 +160,66 @@ impl Circle {
                     log::warn!("{e}");
                     failed.insert(*server);
                     first_err.get_or_insert_with(|| e.clone());
+                    if let Some(entries) = self.offline_entries(*server, f) {
+                        ok.push((*server, entries));
+                    }
                 }
             }
         }
         if ok.is_empty()
             && let Some(e) = first_err.clone()
         {
+            // No server answered for the root before any ever did: the mount is simply empty
+            // until one does (`ls` shows nothing rather than EIO); retried on the next access.
+            if ino == ROOT && self.dir_is_empty(ROOT) {
+                return Ok(());
+            }
             return Err(e);
         }
         let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
         let (merged, conflicts) = merge::merge(&ok, &differ);
         self.log_conflicts(&path, &conflicts);
-        let expires = Instant::now()
-            + if first_err.is_some() {
-                self.opts.ttl.min(cache::ERROR_TTL)
-            } else {
-                self.opts.ttl
-            };
-        self.apply(ino, &path, merged, failed, expires)
+        self.keep_conflicts(ino, conflicts);
+        let expires = if first_err.is_some() {
+            Instant::now() + self.opts.ttl.min(cache::ERROR_TTL)
+        } else {
+            oldest + self.opts.ttl
+        };
+        self.apply(ino, &path, merged, failed, expires)?;
+        if stale {
+            self.queue_revalidate(ino);
+        }
+        Ok(())
+    }
+
+    /// Remember the servers that gave entries: a listing, or one from the listing index
+    /// (a server down since the mount whose entries the index has).
+    fn note_listed(&self, fetched: &[(usize, Arc<cache::Fetched>)]) {
+        if let Ok(mut l) = self.listed.lock() {
+            for (server, _) in fetched
+                .iter()
+                .filter(|(_, f)| f.result.is_ok() || f.last_ok.is_some())
+            {
+                l.insert(*server);
+            }
+        }
+    }
+
+    /// The entries a failed listing of `server` keeps in the merged view: the last ones it
+    /// gave, while it has been offline for less than `--offline-keep` (or, for a server not
+    /// marked down, while that listing is younger than that). See the module doc.
+    pub(super) fn offline_entries<'a>(
+        &self,
+        server: usize,
+        f: &'a cache::Fetched,
+    ) -> Option<&'a [RawEntry]> {
+        let (at, entries) = f.last_ok.as_ref()?;
+        let keep = self.opts.offline_keep;
+        let offline_for = self
+            .offline_since(server)
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(Duration::MAX);
+        (at.elapsed() < keep || offline_for < keep).then_some(&entries[..])
     }
 
     /// Fetch the listing of `path` from each server, in parallel when more than one must go to
@@ -104,32 +229,36 @@ impl Circle {
         servers: ServerSet,
         path: &[u8],
         prio: Priority,
+        use_index: bool,
     ) -> Vec<(usize, Arc<cache::Fetched>)> {
         let backend = self.backend.as_ref();
+        // A listing the index has is a local read: not worth a thread of the pool.
+        let index = self.cache.index().filter(|_| use_index);
         let missing = servers
             .iter()
             .filter(|&s| self.cache.fresh(&(s, path.into())).is_none())
+            .filter(|&s| index.is_none_or(|ix| ix.fetched_at(s, path).is_none()))
             .count();
         if missing <= 1 {
             return servers
                 .iter()
-                .map(|s| (s, self.cache.get(backend, s, path, prio)))
+                .map(|s| (s, self.cache.get_with(backend, s, path, prio, use_index)))
                 .collect();
         }
         let list: Vec<usize> = servers.iter().collect();
         let (cache, backend) = (Arc::clone(&self.cache), Arc::clone(&self.backend));
         let shared_path: Arc<[u8]> = path.into();
         let fetched = self.listers.map(list.clone(), move |s| {
-            cache.get(backend.as_ref(), s, &shared_path, prio)
+            cache.get_with(backend.as_ref(), s, &shared_path, prio, use_index)
         });
         list.into_iter()
             .zip(fetched)
             .map(|(s, f)| {
                 let f = f.unwrap_or_else(|| {
-                    Arc::new(cache::Fetched {
-                        at: Instant::now(),
-                        result: Err(Error::new(Kind::Protocol, "listing job panicked")),
-                    })
+                    Arc::new(cache::Fetched::new(
+                        Instant::now(),
+                        Err(Error::new(Kind::Protocol, "listing job panicked")),
+                    ))
                 });
                 (s, f)
             })

@@ -79,9 +79,10 @@ pub const FAST_ALONE: f64 = 200e6;
 /// A piece the reader waits for without a byte arriving for this long is fetched again
 /// elsewhere: long against a 1 ms round trip or a 160 ms piece, short against `--timeout`.
 pub const STALL_AFTER: Duration = Duration::from_secs(1);
-/// Threads fetching pieces, shared by all open files. 16 serve two files at 8 streams; more
-/// streams than that just wait their turn between pieces.
-pub const SEGMENT_WORKERS: usize = 16;
+/// Threads fetching pieces, shared by all open files. 8 serve one file at 8 streams; more
+/// streams than that just wait their turn between pieces (a piece is a short job). Kept small
+/// so the daemon's threads stay under 200 whatever the servers (tests/many_servers.rs).
+pub const SEGMENT_WORKERS: usize = 8;
 /// Default `--max-streams-per-file`.
 pub const DEFAULT_MAX_STREAMS: usize = 8;
 /// A piece reports progress (and learns if it is still wanted) every 256 KiB.

@@ -45,9 +45,22 @@ struct Mock {
     target_lists: Mutex<Vec<(usize, Vec<u8>)>>,
     /// (server, path) of every hash asked.
     hashes: Mutex<Vec<(usize, Vec<u8>)>>,
+    /// Servers that went down after the start (`MockServer::down` is down from the start).
+    went_down: Mutex<std::collections::HashSet<usize>>,
 }
 
 impl Mock {
+    fn set_down(&self, s: usize, down: bool) {
+        let mut d = self.went_down.lock().unwrap();
+        if down {
+            d.insert(s);
+        } else {
+            d.remove(&s);
+        }
+    }
+    fn down(&self, s: usize) -> bool {
+        self.servers[s].down || self.went_down.lock().unwrap().contains(&s)
+    }
     fn change(&self, s: usize, path: &str, entries: Vec<RawEntry>) {
         let mut c = self.changed.lock().unwrap();
         c.insert((s, path.as_bytes().to_vec()), entries);
@@ -110,7 +123,7 @@ impl Backend for Mock {
         b"/"
     }
     fn is_down(&self, s: usize) -> bool {
-        self.servers[s].down
+        self.down(s)
     }
     fn spare_connections(&self, s: usize) -> usize {
         self.servers[s].spare.unwrap_or(usize::MAX)
@@ -126,7 +139,7 @@ impl Backend for Mock {
             .entry((s, path.to_vec()))
             .or_default() += 1;
         let srv = &self.servers[s];
-        if srv.down {
+        if self.down(s) {
             return Err(Error::new(Kind::Timeout, "timed out"));
         }
         if let Some(l) = self.changed.lock().unwrap().get(&(s, path.to_vec())) {
@@ -167,8 +180,11 @@ impl Backend for Mock {
     ) -> Result<Box<dyn ByteStream>> {
         self.opens.lock().unwrap().push((s, offset));
         let srv = &self.servers[s];
-        if srv.down {
-            return Err(Error::new(Kind::Unavailable, "down"));
+        if self.down(s) {
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!("{}: marked down", self.label(s)),
+            ));
         }
         if offset > 0 && srv.no_rest {
             return Err(Error::new(Kind::NoRest, "no REST"));
@@ -219,6 +235,9 @@ fn circle(mock: Mock, ttl: Duration) -> (Arc<Mock>, Circle) {
             max_wait: Duration::from_secs(5),
             prefetch: false,
             segments: Default::default(),
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
+            index: None,
         },
     );
     (mock, c)
@@ -403,12 +422,13 @@ fn a_down_server_leaves_the_others_visible() {
 }
 
 #[test]
-fn all_servers_down_is_an_error_not_an_empty_directory() {
+fn all_servers_down_from_the_start_is_an_empty_root() {
     let mut m = two_servers();
     m.servers[0].down = true;
     m.servers[1].down = true;
     let (_mock, c) = circle(m, Duration::from_secs(60));
-    assert_eq!(c.readdir(ROOT).unwrap_err().errno(), libc::EIO);
+    assert!(c.readdir(ROOT).unwrap().is_empty(), "empty, not EIO");
+    assert_eq!(c.lookup(ROOT, b"pub").unwrap_err().errno(), libc::ENOENT);
 }
 
 #[test]
@@ -951,6 +971,9 @@ fn seg_circle(mock: Mock, max_streams: usize) -> (Arc<Mock>, Circle, u64) {
             max_wait: Duration::from_secs(5),
             prefetch: false,
             segments: seg_opts(max_streams),
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
+            index: None,
         },
     );
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
@@ -1105,6 +1128,9 @@ fn segmented_reads_switched_off_use_one_stream() {
             max_wait: Duration::from_secs(5),
             prefetch: false,
             segments: opts,
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
+            index: None,
         },
     );
     let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
@@ -1112,4 +1138,417 @@ fn segmented_reads_switched_off_use_one_stream() {
     assert!(read_all(&c, ino).unwrap() == data);
     assert_eq!(c.segment_stats().files, 0);
     assert_eq!(*mock.opens.lock().unwrap(), vec![(0, 0)]);
+}
+
+// ---- with the listing index --------------------------------------------------------------
+
+fn index_in(name: &str) -> Arc<crate::index::Index> {
+    let dir = std::env::temp_dir().join(format!("ftpc-circle-ix-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let specs = crate::serverlist::parse(
+        std::path::Path::new("list"),
+        b"127.0.0.1:2121,u,p,0\n127.0.0.2:2121,u,p,0\n",
+    )
+    .unwrap();
+    Arc::new(
+        crate::index::Index::open(&dir.join("ix.sqlite"), &specs)
+            .unwrap()
+            .0,
+    )
+}
+
+fn circle_ix(
+    mock: Mock,
+    ttl: Duration,
+    ix: &Arc<crate::index::Index>,
+    revalidate: bool,
+) -> (Arc<Mock>, Arc<Circle>) {
+    let mock = Arc::new(mock);
+    let c = Arc::new(Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl,
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: false,
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
+            index: Some(Arc::clone(ix)),
+            segments: Default::default(),
+        },
+    ));
+    if revalidate {
+        c.start_revalidation();
+    }
+    (mock, c)
+}
+
+/// Walk the tree once (so every listing is fetched and recorded), then wait for the writer.
+fn walk_and_record(c: &Circle, ix: &crate::index::Index) {
+    assert_eq!(names(c, ROOT), ["docs", "pub"]);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(c, pub_), ["a", "b", "big.bin"]);
+    let docs = c.lookup(ROOT, b"docs").unwrap().ino;
+    assert!(names(c, docs).is_empty());
+    ix.flush();
+}
+
+#[test]
+fn a_restart_within_the_ttl_serves_the_tree_from_the_index_without_fetching() {
+    let ix = index_in("restart");
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    walk_and_record(&c, &ix);
+    assert!(mock.total_lists() >= 5);
+    drop(c);
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    walk_and_record(&c, &ix);
+    assert_eq!(mock.total_lists(), 0, "everything came from the index");
+    // Files are still read from the servers.
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    assert_eq!(read_all(&c, a).unwrap(), b"A");
+}
+
+#[test]
+fn stale_listings_are_served_at_once_and_revalidated_once_in_the_background() {
+    let ix = index_in("stale");
+    let old = crate::index::now_secs() - 3600;
+    ix.record_at(0, b"", &[dir("pub")], old);
+    ix.record_at(0, b"pub", &[file("a", 1), file("gone", 5)], old);
+    ix.record_at(1, b"", &[dir("pub"), dir("docs")], old);
+    ix.record_at(1, b"pub", &[file("b", 2)], old);
+    ix.flush();
+    // Without revalidation: the stale tree, and nothing fetched to show it.
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, false);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["a", "b", "gone"]);
+    assert_eq!(mock.total_lists(), 0);
+    drop(c);
+    // With it: the new listing replaces the old one soon after the visit, fetched once.
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let mut seen = names(&c, pub_);
+    for _ in 0..100 {
+        if seen == ["a", "b", "big.bin"] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        seen = names(&c, pub_);
+    }
+    assert_eq!(seen, ["a", "b", "big.bin"]);
+    for _ in 0..20 {
+        names(&c, pub_);
+    }
+    assert_eq!(mock.lists_of(0, b"pub"), 1);
+    assert_eq!(mock.lists_of(1, b"pub"), 1);
+    // And the index has the new listing.
+    ix.flush();
+    let got = ix.listing(0, b"pub").unwrap();
+    assert_eq!(got.entries, [file("big.bin", 3_000_000), file("a", 1)]);
+}
+
+#[test]
+fn a_server_down_at_start_shows_its_indexed_entries_marked_offline() {
+    let ix = index_in("offline");
+    let (_, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    walk_and_record(&c, &ix);
+    drop(c);
+    let mut mock = two_servers();
+    mock.servers[0].down = true;
+    let (_, c) = circle_ix(mock, Duration::from_secs(60), &ix, true);
+    let errors = c.check_servers();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].to_string().contains("offline"), "{}", errors[0]);
+    assert!(c.offline_since(0).is_some());
+    assert!(c.offline_since(1).is_none());
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    // `a` is only on the server that is down: still listed, from the index.
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    // Without the index, the same server down shows only the other one.
+    let mut mock = two_servers();
+    mock.servers[0].down = true;
+    let (_, c) = circle(mock, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["b", "big.bin"]);
+}
+
+// ---------------------------------------------------------------------------
+// seeing into the merge: offline entries, the control tree, provenance
+
+#[test]
+fn a_down_servers_last_entries_stay_marked_offline_and_unreadable() {
+    let (mock, c) = circle(two_servers(), Duration::ZERO);
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    mock.set_down(1, true);
+    // Still listed (a listing of `pub` went to the down server and failed)...
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    assert_eq!(names(&c, ROOT), ["docs", "pub"]);
+    assert!(
+        mock.lists_of(1, b"pub") >= 2,
+        "the down server was asked again"
+    );
+    // ... marked offline...
+    assert!(c.offline_since(1).is_some());
+    assert!(c.offline_since(0).is_none());
+    let b = c.lookup(pub_, b"b").unwrap().ino;
+    assert_eq!(
+        c.getxattr(b, provenance::SERVERS.as_bytes()).unwrap(),
+        b"s1 (offline)"
+    );
+    // ... and a file only it holds fails at once, naming it; a mirrored one is still read.
+    let err = read_all(&c, b).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.message.contains("s1"), "{err}");
+    let big = c.lookup(pub_, b"big.bin").unwrap().ino;
+    assert_eq!(read_all(&c, big).unwrap().len(), 3_000_000);
+    // The status file says so.
+    let status = c.status_text();
+    let row = status.lines().find(|l| l.starts_with("s1")).unwrap();
+    assert!(row.contains("down") && row.contains("kept until"), "{row}");
+    // Back: read again, no longer offline.
+    mock.set_down(1, false);
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    assert_eq!(read_all(&c, b).unwrap(), b"BB");
+    assert_eq!(
+        c.getxattr(b, provenance::SERVERS.as_bytes()).unwrap(),
+        b"s1"
+    );
+}
+
+#[test]
+fn offline_entries_go_after_the_keep_time_and_a_server_down_since_the_start_has_none() {
+    let mock = Arc::new(two_servers());
+    let c = Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl: Duration::ZERO,
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: false,
+            offline_keep: Duration::ZERO,
+            control_dir: b".ftpcircle".to_vec(),
+            index: None,
+            segments: Default::default(),
+        },
+    );
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    mock.set_down(1, true);
+    assert_eq!(
+        names(&c, pub_),
+        ["a", "big.bin"],
+        "nothing kept with a zero keep"
+    );
+
+    let mut m = two_servers();
+    m.servers[1].down = true;
+    let (_mock, c) = circle(m, Duration::ZERO);
+    assert_eq!(names(&c, ROOT), ["pub"]);
+    let json = c.status_json();
+    assert!(json.contains("\"state\": \"down\""), "{json}");
+}
+
+#[test]
+fn the_control_directory_is_reachable_but_never_listed() {
+    let mut m = two_servers();
+    // A real entry of that name on s1: only in s1's view.
+    m.servers[1]
+        .dirs
+        .get_mut(&b""[..])
+        .unwrap()
+        .push(dir(".ftpcircle"));
+    m.servers[1]
+        .dirs
+        .insert(b".ftpcircle".to_vec(), vec![file("real", 2)]);
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    assert_eq!(names(&c, ROOT), ["docs", "pub"]);
+    let ctl = c.lookup(ROOT, b".ftpcircle").unwrap();
+    assert_eq!(ctl.kind, FileKind::Dir);
+    assert_eq!(names(&c, ctl.ino), ["servers", "status", "status.json"]);
+    let servers = c.lookup(ctl.ino, b"servers").unwrap().ino;
+    assert_eq!(names(&c, servers), ["s0", "s1"]);
+    let s1 = c.lookup(servers, b"s1").unwrap().ino;
+    assert_eq!(names(&c, s1), [".ftpcircle", "docs", "pub"]);
+    let s1_pub = c.lookup(s1, b"pub").unwrap().ino;
+    assert_eq!(names(&c, s1_pub), ["b", "big.bin"]);
+    let b = c.lookup(s1_pub, b"b").unwrap().ino;
+    assert_eq!(read_all(&c, b).unwrap(), b"BB");
+    let real = c.lookup(s1, b".ftpcircle").unwrap().ino;
+    assert_eq!(names(&c, real), ["real"]);
+    // The status files: their size is their text's.
+    let status = c.lookup(ctl.ino, b"status").unwrap();
+    let text = read_all(&c, status.ino).unwrap();
+    assert!(
+        text.starts_with(b"LABEL"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    assert_eq!(c.getattr(status.ino).unwrap().size, text.len() as u64);
+    let json = read_all(&c, c.lookup(ctl.ino, b"status.json").unwrap().ino).unwrap();
+    let json = String::from_utf8(json).unwrap();
+    assert!(
+        json.contains("\"view\": \".ftpcircle/servers/s1\""),
+        "{json}"
+    );
+    // The control tree has no provenance, and survives the kernel forgetting it.
+    assert!(c.listxattr(ctl.ino).unwrap().is_empty());
+    c.forget(ctl.ino, 1);
+    c.forget(servers, 1);
+    assert_eq!(c.lookup(ROOT, b".ftpcircle").unwrap().ino, ctl.ino);
+    assert_eq!(names(&c, servers), ["s0", "s1"]);
+}
+
+#[test]
+fn provenance_of_merged_mirrored_and_conflicting_entries() {
+    let mut m = two_servers();
+    // `a` on s1 too, bigger: s0's is shown, s1's hidden.
+    m.servers[1]
+        .dirs
+        .get_mut(&b"pub"[..])
+        .unwrap()
+        .push(file("a", 5));
+    m.servers[1]
+        .files
+        .insert(b"pub/a".to_vec(), b"AAAAA".to_vec());
+    let (_mock, c) = circle(m, Duration::from_secs(60));
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let get = |ino: u64, name: &str| {
+        c.getxattr(ino, name.as_bytes())
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    let big = c.lookup(pub_, b"big.bin").unwrap().ino;
+    assert_eq!(get(big, provenance::SERVERS).unwrap(), "s0\ns1");
+    assert_eq!(get(big, provenance::MIRRORS).unwrap(), "s0\ns1");
+    assert_eq!(get(big, provenance::URL).unwrap(), "ftp://s0/pub/big.bin");
+    assert_eq!(
+        get(big, provenance::CONFLICTS).unwrap_err().errno(),
+        libc::ENODATA
+    );
+    let a = c.lookup(pub_, b"a").unwrap().ino;
+    assert_eq!(get(a, provenance::SERVERS).unwrap(), "s0\ns1");
+    assert_eq!(get(a, provenance::MIRRORS).unwrap(), "s0");
+    assert_eq!(get(a, provenance::CONFLICTS).unwrap(), "s1\tfile\t5\t-");
+    let names: Vec<u8> = c.listxattr(a).unwrap();
+    assert_eq!(
+        names,
+        b"user.ftpcircle.servers\0user.ftpcircle.mirrors\0user.ftpcircle.conflicts\0user.ftpcircle.url\0"
+    );
+    assert_eq!(get(pub_, provenance::SERVERS).unwrap(), "s0\ns1");
+    assert_eq!(get(pub_, provenance::URL).unwrap(), "ftp://s0/pub/");
+    assert_eq!(
+        get(a, "user.ftpcircle.other").unwrap_err().errno(),
+        libc::ENODATA
+    );
+    // The hidden copy, byte-exact, in s1's view; its URL is s1's.
+    let ctl = c.lookup(ROOT, b".ftpcircle").unwrap().ino;
+    let servers = c.lookup(ctl, b"servers").unwrap().ino;
+    let s1 = c.lookup(servers, b"s1").unwrap().ino;
+    let s1_pub = c.lookup(s1, b"pub").unwrap().ino;
+    let hidden = c.lookup(s1_pub, b"a").unwrap().ino;
+    assert_eq!(read_all(&c, hidden).unwrap(), b"AAAAA");
+    assert_eq!(get(hidden, provenance::URL).unwrap(), "ftp://s1/pub/a");
+    assert_eq!(get(hidden, provenance::MIRRORS).unwrap(), "s1");
+}
+
+#[test]
+fn view_names_are_readable_unique_and_stable() {
+    struct Labels(Vec<&'static str>);
+    impl Backend for Labels {
+        fn servers(&self) -> usize {
+            self.0.len()
+        }
+        fn label(&self, s: usize) -> &str {
+            self.0[s]
+        }
+        fn base(&self, _s: usize) -> &[u8] {
+            b"/"
+        }
+        fn list(&self, _s: usize, _p: &[u8], _prio: Priority) -> Result<Vec<RawEntry>> {
+            Ok(Vec::new())
+        }
+        fn open(&self, _: usize, _: &[u8], _: u64, _: Priority) -> Result<Box<dyn ByteStream>> {
+            Err(Error::not_found())
+        }
+    }
+    let b = Labels(vec!["h:21", "h:21/pub/x", "h:21", "[::1]:2121"]);
+    let names: Vec<String> = control::view_names(&b)
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect();
+    assert_eq!(names, ["h:21", "h:21_pub_x", "h:21~3", "[::1]:2121"]);
+}
+
+#[test]
+fn a_views_copy_never_comes_from_the_prefetch_cache_of_the_merged_path() {
+    // `x` on both servers, same size, other times and bytes: a conflict s0 wins.
+    let at = |secs| Some(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+    let mut s0 = MockServer::default();
+    s0.dirs.insert(
+        b"".to_vec(),
+        vec![
+            file("a", 1),
+            RawEntry {
+                mtime: at(1_000_000),
+                ..file("x", 3)
+            },
+        ],
+    );
+    s0.files.insert(b"a".to_vec(), b"a".to_vec());
+    s0.files.insert(b"x".to_vec(), b"AAA".to_vec());
+    let mut s1 = MockServer::default();
+    s1.dirs.insert(
+        b"".to_vec(),
+        vec![RawEntry {
+            mtime: at(2_000_000),
+            ..file("x", 3)
+        }],
+    );
+    s1.files.insert(b"x".to_vec(), b"BBB".to_vec());
+    let mock = Arc::new(Mock {
+        servers: vec![s0, s1],
+        ..Default::default()
+    });
+    let c = Arc::new(Circle::new(
+        Arc::clone(&mock) as Arc<dyn Backend>,
+        Options {
+            ttl: Duration::from_secs(60),
+            cache_entries: 10_000,
+            max_wait: Duration::from_secs(5),
+            prefetch: true,
+            offline_keep: super::DEFAULT_OFFLINE_KEEP,
+            control_dir: b".ftpcircle".to_vec(),
+            index: None,
+            segments: Default::default(),
+        },
+    ));
+    c.start_prefetch(2);
+    let x = c.lookup(ROOT, b"x").unwrap().ino;
+    // Opening `a` queues the merged `x` for prefetch: wait (bounded) until it was fetched.
+    let a = c.lookup(ROOT, b"a").unwrap().ino;
+    assert_eq!(read_all(&c, a).unwrap(), b"a");
+    let fetched = |n| {
+        mock.opens
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.0 == 0)
+            .count()
+            >= n
+    };
+    for _ in 0..200 {
+        if fetched(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(fetched(2), "the merged x was not prefetched");
+    let ctl = c.lookup(ROOT, b".ftpcircle").unwrap().ino;
+    let servers = c.lookup(ctl, b"servers").unwrap().ino;
+    let s1 = c.lookup(servers, b"s1").unwrap().ino;
+    let vx = c.lookup(s1, b"x").unwrap().ino;
+    assert_eq!(read_all(&c, vx).unwrap(), b"BBB");
+    assert_eq!(read_all(&c, x).unwrap(), b"AAA");
+    assert_eq!(read_all(&c, vx).unwrap(), b"BBB");
 }

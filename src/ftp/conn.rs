@@ -464,6 +464,18 @@ impl Conn {
         res
     }
 
+    /// How this server's directories are listed: `MLSD`, `STAT` (once a STAT listing worked)
+    /// or `LIST`.
+    pub fn listing_method(&self) -> &'static str {
+        if self.feats.mlsd {
+            "MLSD"
+        } else if self.stat.load(Ordering::Relaxed) == STAT_WORKS {
+            "STAT"
+        } else {
+            "LIST"
+        }
+    }
+
     pub fn noop(&mut self, label: &str) -> Result<()> {
         let sent = Instant::now();
         self.ftp.noop().map_err(|e| ftp_err(label, "NOOP", e))?;

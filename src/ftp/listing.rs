@@ -1852,40 +1852,32 @@ mod tests {
             .map(|i| mlsd_line(format!("file number {i}.dat").as_bytes()))
             .collect();
         for (lines, format) in [(&list_lines, Format::List), (&mlsd_lines, Format::Mlsd)] {
-            let start = std::time::Instant::now();
+            // No timing asserted here (speed belongs to scripts/, not to tests): a quadratic
+            // parser would still finish, only slowly; the fuzz targets' per-input timeout
+            // catches that.
             let listing = parse_listing(lines, format, now());
-            let elapsed = start.elapsed();
-            assert_eq!(listing.entries.len(), 100_000);
-            assert!(listing.skipped.is_empty());
-            // Generous bound: unoptimised test builds on a loaded machine.
-            assert!(
-                elapsed < Duration::from_secs(3),
-                "{format:?} took {elapsed:?}"
-            );
+            assert_eq!(listing.entries.len(), 100_000, "{format:?}");
+            assert!(listing.skipped.is_empty(), "{format:?}");
         }
-        // All duplicates: still linear.
+        // All duplicates: the first is kept, every other one skipped with its reason.
         let dups = vec![vsftpd_line(b"same"); 100_000];
-        let start = std::time::Instant::now();
         let listing = parse_listing(&dups, Format::List, now());
-        assert!(start.elapsed() < Duration::from_secs(3));
         assert_eq!(listing.entries.len(), 1);
         assert_eq!(listing.skipped.len(), 99_999);
     }
 
     #[test]
-    fn long_hostile_lines_are_linear() {
+    fn long_hostile_lines_are_rejected() {
         // One huge line of tokens that almost look like a date.
         let mut line = b"-rw-r--r-- 1 0 0".to_vec();
         for _ in 0..200_000 {
             line.extend_from_slice(b" 1 Jan 15");
         }
-        let start = std::time::Instant::now();
         assert!(parse_list_line(&line, now()).is_err());
         let mut semis = b"type=file".to_vec();
         semis.extend(std::iter::repeat_n(b';', 1_000_000));
         semis.extend_from_slice(b"x");
         assert!(parse_mlsd_line(&semis).is_err());
-        assert!(start.elapsed() < Duration::from_secs(3));
     }
 
     /// Every prefix of every sample line (and of a few mangled variants)

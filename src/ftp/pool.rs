@@ -31,10 +31,11 @@
 //!   aborted transfer that did not end cleanly is dropped; an idle one is NOOP-checked before
 //!   reuse once it has been idle for a while.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, ByteStream, HashAlgo, LinkTargets, Priority, Speed};
+use crate::backend::{Backend, ByteStream, HashAlgo, Health, LinkTargets, Priority, Speed, State};
 use crate::error::{Error, Kind, Result};
 use crate::ftp::conn::{self, Conn, Endpoint, Transfer};
 use crate::ftp::limit::{ConnLimit, Permit};
@@ -85,6 +86,9 @@ pub struct Server {
     limit: Arc<ConnLimit>,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Listings fetched and file bytes received (for the status file).
+    listings: AtomicU64,
+    bytes: AtomicU64,
     /// Measured round trip and per-connection throughput.
     meter: Meter,
 }
@@ -106,10 +110,20 @@ struct PoolState {
     hash_algos: u8,
     /// Foreground requests waiting for a connection: background work yields to them.
     fg_waiting: usize,
+    /// When it last came back up (`None`: up since the mount, or never up).
+    up_since: Option<SystemTime>,
+    /// When it last said "too many connections" after a quiet spell.
+    busy_since: Option<SystemTime>,
+    /// The last failure it caused.
+    last_error: Option<String>,
 }
 
 struct Down {
     since: Instant,
+    /// `since` on the wall clock, for the status file.
+    at: SystemTime,
+    /// It refused our login (rather than not answering).
+    auth: bool,
     next_probe: Instant,
     backoff: Duration,
     reason: String,
@@ -144,8 +158,13 @@ impl Server {
                 no_rest: false,
                 hash_algos: 0,
                 fg_waiting: 0,
+                up_since: None,
+                busy_since: None,
+                last_error: None,
             }),
             freed: Condvar::new(),
+            listings: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             meter: Meter::default(),
         });
         limit.register(&server);
@@ -296,7 +315,9 @@ impl Server {
         match opened {
             Ok(mut conn) => {
                 self.take_rtt(&mut conn);
-                self.lock().hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
+                let mut st = self.lock();
+                st.hash_algos = conn.feats.hash_cmd | conn.feats.x_hash;
+                drop(st);
                 Ok(self.lease(Some(conn), false))
             }
             Err((e, false)) => {
@@ -317,8 +338,12 @@ impl Server {
     /// `fresh`: the failure happened on a new connection (not a possibly stale idle one).
     fn note_failure(&self, e: &Error, fresh: bool) {
         let mut st = self.lock();
+        st.last_error = Some(e.message.clone());
         match e.kind {
             Kind::Busy => {
+                if st.budget == self.max {
+                    st.busy_since = Some(SystemTime::now());
+                }
                 // Keep what the server accepted; at least one so we can still make progress.
                 st.budget = (st.leased + st.idle.len()).max(1).min(self.max);
                 st.last_busy = Some(Instant::now());
@@ -351,6 +376,8 @@ impl Server {
         };
         st.down = Some(Down {
             since: Instant::now(),
+            at: SystemTime::now(),
+            auth: e.kind == Kind::Auth,
             next_probe: Instant::now() + backoff,
             backoff,
             reason: e.message.clone(),
@@ -366,6 +393,30 @@ impl Server {
             return 0;
         }
         st.budget.max(2).saturating_sub(st.leased + 1)
+    }
+
+    /// Its state and counters for the status file.
+    pub fn health(&self) -> Health {
+        let st = self.lock();
+        let (state, since) = match &st.down {
+            Some(d) if d.auth => (State::LoginRefused, Some(d.at)),
+            Some(d) => (State::Down, Some(d.at)),
+            None if st.budget < self.max => (State::Busy, st.busy_since),
+            None => (State::Up, st.up_since),
+        };
+        Health {
+            state,
+            since,
+            last_error: st
+                .down
+                .as_ref()
+                .map(|d| d.reason.clone())
+                .or_else(|| st.last_error.clone()),
+            connections: st.leased + st.idle.len(),
+            budget: st.budget,
+            listings: self.listings.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// Is the server marked down right now?
@@ -402,6 +453,7 @@ impl Server {
                 self.take_rtt(&mut conn);
                 let mut st = self.lock();
                 st.down = None;
+                st.up_since = Some(SystemTime::now());
                 if st.leased + st.idle.len() < st.budget {
                     st.idle.push(conn);
                 }
@@ -417,6 +469,7 @@ impl Server {
                     if e.kind != Kind::Busy {
                         d.backoff = (d.backoff * 2).min(PROBE_MAX);
                         d.reason = e.message.clone();
+                        d.auth = e.kind == Kind::Auth;
                     }
                     d.next_probe = Instant::now() + d.backoff;
                     log::debug!("{}: still down: {e}", self.label());
@@ -587,6 +640,31 @@ impl Backend for FtpBackend {
             .is_some_and(|srv| srv.lock().fg_waiting > 0)
     }
 
+    fn health(&self, s: usize) -> Health {
+        self.servers
+            .get(s)
+            .map(|srv| srv.health())
+            .unwrap_or_default()
+    }
+
+    fn url_root(&self, s: usize) -> String {
+        let Some(srv) = self.servers.get(s) else {
+            return String::new();
+        };
+        let spec = &srv.ep.spec;
+        let scheme = if spec.tls == crate::serverlist::Tls::Plain {
+            "ftp"
+        } else {
+            "ftps"
+        };
+        let base = spec.base.trim_end_matches('/');
+        format!(
+            "{scheme}://{}{}",
+            spec.addr_string(),
+            crate::circle::provenance::url_escape(base.as_bytes())
+        )
+    }
+
     fn speed(&self, s: usize) -> Speed {
         self.servers
             .get(s)
@@ -599,6 +677,7 @@ impl Backend for FtpBackend {
 
     fn list(&self, s: usize, path: &[u8], prio: Priority) -> Result<Vec<RawEntry>> {
         let server = self.server(s)?;
+        server.listings.fetch_add(1, Ordering::Relaxed);
         let label = server.label();
         let spath = server.server_path(path);
         let list = |allow_stat, from_inside| {
@@ -773,6 +852,10 @@ impl ByteStream for FtpStream {
         let started = Instant::now();
         match xfer.read(buf) {
             Ok(n) => {
+                self.lease
+                    .server
+                    .bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 self.sample_wait += started.elapsed();
                 self.sample_bytes += n as u64;
                 if self.sample_bytes >= speed::THROUGHPUT_SAMPLE_BYTES || n == 0 {

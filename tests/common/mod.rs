@@ -1061,6 +1061,48 @@ impl FtpServer {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Starts a [`FtpServer::stop`]ped vsftpd again, on the same port with the same
+    /// configuration (a server that comes back). Panics if it does not answer.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running server");
+        let conf_path = self.work.join("vsftpd.conf");
+        let conf = fs::read_to_string(&conf_path).expect("vsftpd.conf (restart is for vsftpd)");
+        let token = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("ftpd_banner="))
+            .expect("banner line")
+            .to_string();
+        let mut last = String::new();
+        // The port may still be held for a moment by the old process's sockets.
+        for _attempt in 0..10 {
+            let out = fs::File::create(&self.output).expect("create server output file");
+            let err = out.try_clone().expect("dup output file");
+            let oops = out.try_clone().expect("dup output file");
+            let mut child = Command::new(VSFTPD)
+                .arg(&conf_path)
+                .stdin(oops)
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+                .expect("spawn vsftpd");
+            match wait_banner(&self.host, self.port, &token, &mut child) {
+                Ok(()) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(_) => {
+                    kill_tree(child.id() as i32);
+                    let _ = child.kill();
+                    let _ = wait_child(&mut child, Duration::from_secs(5));
+                    last = read_lossy(&self.output);
+                    thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        panic!("vsftpd did not come back on port {}: {last}", self.port);
+    }
+
     /// Kills the server and every process it started (vsftpd runs each
     /// session in processes of their own session), then reaps it.
     pub fn stop(&mut self) {
@@ -1507,6 +1549,8 @@ impl Mount {
         } else {
             cmd.arg("--log-file").arg(&self.log_file).arg("-v");
         }
+        // The listing index goes with the mount's temp dir, not to the user's ~/.cache.
+        cmd.env("XDG_CACHE_HOME", self.dir.join("cache"));
         cmd.args(&opts.args);
         cmd.arg(&self.mnt);
         for (k, v) in &opts.envs {
