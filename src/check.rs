@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::ClientConfig;
 
-use crate::circle::control::json_str;
+use crate::circle::control::{json_str, text_table};
 use crate::error::Kind;
 use crate::ftp::conn::{Conn, Endpoint};
 use crate::ftp::listing;
@@ -204,24 +204,7 @@ pub fn table(reports: &[Report]) -> String {
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     rows.extend(reports.iter().map(cells));
-    let cols = header.len();
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == cols {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    text_table(&rows)
 }
 
 /// The reports as JSON: `{"servers": [{"label", "usable", "reachable", ...}]}`.

@@ -249,30 +249,7 @@ impl Circle {
                 h.last_error.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
-        let cols = header.len();
-        let widths: Vec<usize> = (0..cols)
-            .map(|c| {
-                table
-                    .iter()
-                    .map(|row| row[c].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut out = String::new();
-        for row in &table {
-            let mut line = String::new();
-            for (c, cell) in row.iter().enumerate() {
-                if c + 1 == cols {
-                    line.push_str(cell);
-                } else {
-                    let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
+        text_table(&table)
     }
 
     /// The text of `.ftpcircle/status.json`: `{"servers": [{"label", "state", "view", ...}]}`.
@@ -360,6 +337,34 @@ pub fn human(n: u64) -> String {
         u += 1;
     }
     format!("{v:.1} {}", UNITS[u])
+}
+
+/// Rows as an aligned plain-text table (the first row is the header): every column as wide
+/// as its widest cell, two spaces between columns, the last column unpadded.
+pub fn text_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// A JSON string literal.
