@@ -157,11 +157,34 @@ impl Nodes {
     /// The root and every node still in its parent's current listing: how many, and the
     /// total size of the files among them (for statfs).
     pub(super) fn totals(&self) -> (u64, u64) {
+        // Whether a node is in the merged tree: listed in its directory, and its directory is
+        // too, up to the root. The control directory and the per-server views below it are
+        // pinned nodes, so nothing under them counts. Memoised: one pass, whatever the depth.
+        let mut merged: Vec<Option<bool>> = vec![None; self.list.len()];
+        let mut chain = Vec::new();
         let (mut entries, mut bytes) = (0u64, 0u64);
-        for (i, node) in self.list.iter().enumerate() {
-            let Some(node) = node else { continue };
+        for i in 0..self.list.len() {
             let ino = i as u64 + 1;
-            if ino == super::ROOT || (!self.is_pinned(ino) && self.is_listed(ino)) {
+            let Some(node) = self.get(ino) else { continue };
+            let mut cur = ino;
+            let known = loop {
+                if let Some(k) = merged[cur as usize - 1] {
+                    break k;
+                }
+                if cur == super::ROOT {
+                    break true;
+                }
+                if self.is_pinned(cur) || !self.is_listed(cur) || chain.len() > self.list.len() {
+                    break false;
+                }
+                chain.push(cur);
+                cur = self.get(cur).map_or(super::ROOT, |n| n.parent);
+            };
+            for c in chain.drain(..) {
+                merged[c as usize - 1] = Some(known);
+            }
+            merged[i] = Some(known || ino == super::ROOT);
+            if known {
                 entries += 1;
                 if matches!(node.kind, NodeKind::File) {
                     bytes = bytes.saturating_add(node.size);

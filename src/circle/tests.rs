@@ -1552,3 +1552,25 @@ fn a_views_copy_never_comes_from_the_prefetch_cache_of_the_merged_path() {
     assert_eq!(read_all(&c, x).unwrap(), b"AAA");
     assert_eq!(read_all(&c, vx).unwrap(), b"BBB");
 }
+
+/// statfs counts the merged tree known so far: not the control directory, not the
+/// per-server views, however far they were walked.
+#[test]
+fn tree_totals_count_the_merged_tree_only() {
+    let (_m, c) = circle(two_servers(), Duration::from_secs(60));
+    let pub_dir = c.lookup(ROOT, b"pub").unwrap().ino;
+    c.readdir(pub_dir).unwrap();
+    c.lookup(ROOT, b"docs").unwrap();
+    // root, pub, docs, pub/big.bin, pub/a, pub/b
+    let merged = c.tree_totals();
+    assert_eq!(merged, (6, 3_000_000 + 1 + 2));
+    // Walk the first server's view completely.
+    let view = super::control::VIEWS;
+    for e in c.readdir(view).unwrap() {
+        if e.attr.kind == FileKind::Dir {
+            c.readdir(e.attr.ino).unwrap();
+        }
+    }
+    assert!(c.inode_count() > 6, "the view's nodes exist");
+    assert_eq!(c.tree_totals(), merged);
+}
