@@ -246,4 +246,14 @@ pub trait ByteStream: Send {
     fn finish(self: Box<Self>) -> Result<()>;
     /// Stop the transfer early (ABOR); the connection is checked or dropped.
     fn abort(self: Box<Self>);
+    /// Move up to `len` of the next bytes into `pipe` without copying them through user
+    /// space ([`crate::splice`]). `None`: this stream cannot (TLS, not a socket); `Ok(0)`:
+    /// nothing moved (the transfer ended or the pipe is full): go on with [`Self::read`].
+    fn splice_to(&mut self, _pipe: &crate::splice::Pipe, _len: usize) -> Option<Result<usize>> {
+        None
+    }
+    /// Could [`Self::splice_to`] move bytes at all?
+    fn can_splice(&self) -> bool {
+        false
+    }
 }

@@ -5,10 +5,12 @@
 //! worker threads (`FUSE_THREADS`), each request is handled on one of them, and the merged
 //! view's locks are never held across network calls.
 
+use std::cell::OnceCell;
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -19,8 +21,10 @@ use fuser::{
     WriteFlags,
 };
 
+use crate::circle::reader::{Served, SpliceSink};
 use crate::circle::{Attr, Circle, FileKind};
 use crate::error::Error;
+use crate::splice::Pipe;
 
 /// FUSE worker threads. A `cp` from a slow server can keep a few threads busy (the kernel sends
 /// several reads of one file at once); 16 leaves plenty for `ls`, `stat` and other files.
@@ -35,6 +39,56 @@ pub struct CircleFs {
     circle: Arc<Circle>,
     uid: u32,
     gid: u32,
+    /// The session's /dev/fuse, for read replies spliced from a socket ([`DeviceReply`]); set
+    /// once the session serves.
+    device: Arc<OnceLock<OwnedFd>>,
+}
+
+thread_local! {
+    /// Each FUSE thread's pipe for spliced read replies (None if the system gave none).
+    static PIPE: OnceCell<Option<Pipe>> = const { OnceCell::new() };
+}
+
+/// Size of `struct fuse_out_header` (len: u32, error: i32, unique: u64), which starts every
+/// reply on /dev/fuse.
+const OUT_HEADER: usize = 16;
+
+/// A read reply written to /dev/fuse by splice: the header goes into the thread's pipe, the
+/// reader fills in the bytes, one splice hands the whole reply to the kernel.
+struct DeviceReply<'a> {
+    device: BorrowedFd<'a>,
+    pipe: &'a Pipe,
+    unique: u64,
+    len: usize,
+}
+
+impl SpliceSink for DeviceReply<'_> {
+    fn begin(&mut self, len: usize) -> Option<&Pipe> {
+        if len > self.pipe.max_reply() {
+            return None;
+        }
+        let total = u32::try_from(OUT_HEADER + len).ok()?;
+        let mut header = [0u8; OUT_HEADER];
+        header[..4].copy_from_slice(&total.to_ne_bytes());
+        // error: 0 (bytes 4..8)
+        header[8..].copy_from_slice(&self.unique.to_ne_bytes());
+        if self.pipe.put(&header).is_err() {
+            let _ = self.pipe.take_back();
+            return None;
+        }
+        self.len = len;
+        Some(self.pipe)
+    }
+
+    fn commit(&mut self) -> std::io::Result<()> {
+        self.pipe.send_to(self.device, OUT_HEADER + self.len)
+    }
+
+    fn take_back(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut back = self.pipe.take_back()?;
+        back.drain(..OUT_HEADER.min(back.len()));
+        Ok(back)
+    }
 }
 
 fn errno(e: &Error) -> Errno {
@@ -46,7 +100,12 @@ impl CircleFs {
     pub fn new(circle: Arc<Circle>) -> Self {
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        CircleFs { circle, uid, gid }
+        CircleFs {
+            circle,
+            uid,
+            gid,
+            device: Arc::new(OnceLock::new()),
+        }
     }
 
     fn fattr(&self, a: &Attr) -> FileAttr {
@@ -150,7 +209,7 @@ impl Filesystem for CircleFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -159,8 +218,26 @@ impl Filesystem for CircleFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.circle.read(fh.0, offset, size as usize) {
-            Ok(data) => reply.data(data.as_slice()),
+        let served = PIPE.with(|pipe| {
+            let pipe = pipe.get_or_init(|| Pipe::new().ok()).as_ref();
+            let mut sink = match (self.device.get(), pipe) {
+                (Some(dev), Some(pipe)) => Some(DeviceReply {
+                    device: dev.as_fd(),
+                    pipe,
+                    unique: req.unique().0,
+                    len: 0,
+                }),
+                _ => None,
+            };
+            let sink = sink.as_mut().map(|s| s as &mut dyn SpliceSink);
+            self.circle.read_into(fh.0, offset, size as usize, sink)
+        });
+        match served {
+            Ok(Served::Data(data)) => reply.data(data.as_slice()),
+            // Replied through /dev/fuse already. fuser would answer a reply object dropped
+            // unanswered with EIO (and a warning), so it is forgotten instead: all it holds is
+            // the request number and a reference to the session's device (a count, no memory).
+            Ok(Served::Sent) => std::mem::forget(reply),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -506,19 +583,26 @@ pub fn config(user_opts: &[String]) -> Result<Config, String> {
     }
     // fuser adds `allow_other` itself for any ACL but the default.
     cfg.n_threads = Some(FUSE_THREADS);
-    cfg.clone_fd = true;
+    // One /dev/fuse descriptor for all threads: a reply may then be written to the session's
+    // descriptor by any of them (spliced read replies; with a clone per thread the kernel
+    // only takes a reply on the clone the request was read from).
+    cfg.clone_fd = false;
     Ok(cfg)
 }
 
 /// A mounted filesystem whose session is not serving yet.
 pub struct Mounted {
     session: fuser::Session<CircleFs>,
+    /// The filesystem's slot for the session's device (see [`CircleFs::device`]).
+    device: Arc<OnceLock<OwnedFd>>,
 }
 
 /// Mount `fs` on `mountpoint` and do the FUSE handshake.
 pub fn mount(fs: CircleFs, mountpoint: &Path, cfg: &Config) -> std::io::Result<Mounted> {
+    let device = Arc::clone(&fs.device);
     Ok(Mounted {
         session: fuser::Session::new(fs, mountpoint, cfg)?,
+        device,
     })
 }
 
@@ -542,8 +626,8 @@ impl Mounted {
         self,
         ended: impl FnOnce(std::io::Result<()>) + Send + 'static,
     ) -> std::io::Result<(Connection, Unmounter)> {
-        use std::os::fd::AsFd;
         let device = self.session.as_fd().try_clone_to_owned()?;
+        let _ = self.device.set(device.try_clone()?);
         let mut session = self.session;
         let unmounter = Unmounter(session.unmount_callable());
         std::thread::Builder::new()

@@ -26,6 +26,7 @@ pub mod logging;
 pub mod mounts;
 pub mod preflight;
 pub mod serverlist;
+pub mod splice;
 pub mod workers;
 
 /// Threads the daemon runs at most, whatever the number of servers or open files: the main

@@ -102,3 +102,69 @@ fn random_preads_of_a_big_mirrored_file_are_right() {
         s.assert_no_write_commands("mirror");
     }
 }
+
+/// The number in the daemon's "N bytes went from the socket to the kernel without a copy"
+/// line for `name` (debug log), if any.
+fn zero_copy_bytes(log: &str, name: &str) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains(name) && l.contains("(zero copy)"))
+        .find_map(|l| {
+            let key = format!("{name}: ");
+            let at = l.find(&key)? + key.len();
+            l[at..].split_whitespace().next()?.parse().ok()
+        })
+}
+
+#[test]
+fn plain_transfers_go_from_socket_to_kernel_without_a_copy_and_stay_exact() {
+    let dir = TempDir::new("zerocopy");
+    let root = dir.subdir("root");
+    let data = pseudo_random_bytes(21, 24 * MIB);
+    write_file(&root.join("plain.bin"), &data);
+    let cert = common::TestCert::generate(&dir.subdir("cert"));
+    let plain = FtpServer::vsftpd(&root);
+    let tls_root = dir.subdir("tls");
+    write_file(&tls_root.join("tls.bin"), &data);
+    let tls = FtpServer::vsftpd_tls(&tls_root, &cert);
+    let list = format!("{}\n{}\n", plain.line(), tls.line());
+    // -v twice with the harness's own: debug, where the zero-copy line is.
+    let m = Mount::start(&list, &MountOptions::ca(&cert.ca).arg("-v"));
+    // A sequential copy (the kernel's requests overtake each other now and then: the bytes
+    // they skip go through the buffer), then preads here and there, then the same file again.
+    let got = fs::read(m.path().join("plain.bin")).expect("read plain.bin");
+    assert!(
+        same(&got, &data),
+        "the spliced copy differs from the source"
+    );
+    let f = fs::File::open(m.path().join("plain.bin")).expect("open");
+    for off in [0, 5 * MIB + 17, 3 * MIB, 20 * MIB - 1, 24 * MIB - 4096] {
+        let mut buf = vec![0u8; 300_000.min(data.len() - off)];
+        f.read_exact_at(&mut buf, off as u64).expect("pread");
+        assert!(buf[..] == data[off..off + buf.len()], "pread at {off}");
+    }
+    drop(f);
+    // TLS bytes must be decrypted here: the ordinary path, just as exact.
+    let got = fs::read(m.path().join("tls.bin")).expect("read tls.bin");
+    assert!(same(&got, &data), "the TLS copy differs from the source");
+    // Closing is asynchronous in the kernel (release): wait for the lines, bounded.
+    let mut log = m.log();
+    for _ in 0..50 {
+        if zero_copy_bytes(&log, "plain.bin").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        log = m.log();
+    }
+    let spliced = zero_copy_bytes(&log, "plain.bin").unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        spliced >= data.len() as u64 / 2,
+        "only {spliced} of {} bytes spliced:\n{log}",
+        data.len()
+    );
+    assert_eq!(
+        zero_copy_bytes(&log, "tls.bin"),
+        None,
+        "TLS bytes spliced?\n{log}"
+    );
+    plain.assert_no_write_commands("plain");
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::inodes::NodeKind;
-use super::reader::{Context, Data, OpenFile};
+use super::reader::{Context, Data, OpenFile, Served, SpliceSink};
 use super::{Circle, DirEntry, control, lock_err, prefetch};
 use crate::error::{Error, Kind, Result};
 
@@ -188,10 +188,25 @@ impl Circle {
     }
 
     pub fn read(&self, fh: u64, off: u64, len: usize) -> Result<Data> {
+        match self.read_into(fh, off, len, None)? {
+            Served::Data(d) => Ok(d),
+            Served::Sent => unreachable!("no sink to send through"),
+        }
+    }
+
+    /// Read, sending the bytes through `sink` where they come straight off a plain transfer
+    /// ([`OpenFile::read_into`]).
+    pub fn read_into(
+        &self,
+        fh: u64,
+        off: u64,
+        len: usize,
+        sink: Option<&mut dyn SpliceSink>,
+    ) -> Result<Served> {
         if let Some(text) = self.generated.lock().map_err(|_| lock_err())?.get(&fh) {
             let start = (off as usize).min(text.len());
             let end = start.saturating_add(len).min(text.len());
-            return Ok(Data::Owned(text[start..end].to_vec()));
+            return Ok(Served::Data(Data::Owned(text[start..end].to_vec())));
         }
         let file = self
             .files
@@ -200,7 +215,7 @@ impl Circle {
             .get(&fh)
             .cloned()
             .ok_or_else(|| Error::new(Kind::BadHandle, "bad file handle"))?;
-        let res = file.read(off, len);
+        let res = file.read_into(off, len, sink);
         if let Err(e) = &res
             && matches!(
                 e.kind,

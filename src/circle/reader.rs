@@ -20,6 +20,12 @@
 //! answered from the buffer, and one a little ahead by reading forward; anything else aborts
 //! the transfer and starts a new one at the requested offset.
 //!
+//! Zero copy: a request that starts where a plain (not TLS) transfer stands is answered by
+//! splicing its bytes from the data socket to /dev/fuse ([`SpliceSink`], [`crate::splice`]),
+//! without copying them into the buffer; only the last [`OVERLAP`] bytes are read here, as the
+//! witness. Such a file gets no read-ahead jobs: the socket's own buffer reads ahead. Bytes
+//! that a request overtaking another skips over go to the buffer for that other request.
+//!
 //! Invariants:
 //! - bytes returned are always the file's bytes at the requested offsets: a transfer that ends
 //!   before the listed size, or goes on past it, is an error, never short or wrong data;
@@ -39,6 +45,7 @@ use crate::circle::choice;
 use crate::circle::mirrors::Mirrors;
 use crate::circle::segments::{Handover, SegmentContext, Segmented};
 use crate::error::{Error, Kind, Result};
+use crate::splice::Pipe;
 use crate::workers::Workers;
 
 /// Unit of network reads and of the buffer. 1 MiB matches the largest FUSE read (256 pages
@@ -76,9 +83,32 @@ struct Active {
     no_rest: bool,
     /// The stream is a segmented read ([`crate::circle::segments`]) of several copies.
     segmented: bool,
-    /// Where and when the transfer started (how fast it goes alone).
+    /// Where and when the transfer started, and the time spent waiting on it: how fast it
+    /// goes alone is what it delivered over the time the pulls waited for it (a stream that
+    /// waits for its reader, as a fast one on loopback does, is not the bottleneck).
     start: u64,
     opened: Instant,
+    pulling: Duration,
+}
+
+/// Where a read reply can go without its bytes passing through the daemon's memory: the FUSE
+/// adapter's /dev/fuse, through a pipe ([`crate::splice`]).
+pub trait SpliceSink {
+    /// A reply of `len` bytes starts: the pipe to put them in (anything that must precede
+    /// them already in it), or None if this reply cannot go that way.
+    fn begin(&mut self, len: usize) -> Option<&Pipe>;
+    /// All `len` bytes are in the pipe: send the reply.
+    fn commit(&mut self) -> std::io::Result<()>;
+    /// The reply will not be sent: the bytes put in the pipe after `begin`, back.
+    fn take_back(&mut self) -> std::io::Result<Vec<u8>>;
+}
+
+/// How a read was answered.
+pub enum Served {
+    /// With these bytes (the caller replies).
+    Data(Data),
+    /// Through the [`SpliceSink`]: the reply is sent.
+    Sent,
 }
 
 /// Bytes for a read reply: a slice of a buffered chunk (no copy) or assembled bytes.
@@ -150,6 +180,9 @@ impl Chunks {
             if off >= *start && off < end {
                 let from = (off - start) as usize;
                 let n = want.min(data.len() - from);
+                if out.capacity() == 0 {
+                    out.reserve_exact(want);
+                }
                 out.extend_from_slice(&data[from..from + n]);
                 return n;
             }
@@ -186,6 +219,11 @@ struct State {
     seq_run: u64,
     /// An error that ends the read being served (copies found different in a segmented read).
     fatal: Option<Error>,
+    /// Replies went from the socket straight to the kernel ([`Shared::splice`]): the socket's
+    /// own buffer reads ahead, and a read-ahead job would only take the bytes out of that path.
+    spliced: bool,
+    /// Bytes sent that way (logged at close).
+    spliced_bytes: u64,
 }
 
 struct Shared {
@@ -252,13 +290,30 @@ impl OpenFile {
 
     /// Read up to `len` bytes at `off`.
     pub fn read(&self, off: u64, len: usize) -> Result<Data> {
+        match self.read_into(off, len, None)? {
+            Served::Data(d) => Ok(d),
+            Served::Sent => unreachable!("no sink to send through"),
+        }
+    }
+
+    /// Read up to `len` bytes at `off`; where the bytes come straight off a plain transfer,
+    /// send them through `sink` without copying them here.
+    pub fn read_into(
+        &self,
+        off: u64,
+        len: usize,
+        mut sink: Option<&mut dyn SpliceSink>,
+    ) -> Result<Served> {
         let sh = &self.shared;
         if off >= sh.size || len == 0 {
-            return Ok(Data::Owned(Vec::new()));
+            return Ok(Served::Data(Data::Owned(Vec::new())));
         }
         let end = sh.size.min(off.saturating_add(len as u64));
         let want = (end - off) as usize;
-        let mut out = Vec::with_capacity(want);
+        // Allocated only when the reply has to be assembled: most requests are a slice of one
+        // buffered chunk, and an allocation of this size per request costs an mmap and a munmap
+        // (with its TLB shootdown on every core).
+        let mut out = Vec::new();
         let deadline = Instant::now() + sh.max_wait;
         let mut st = sh.lock();
         st.want_end = st.want_end.max(end);
@@ -287,7 +342,7 @@ impl OpenFile {
             {
                 drop(st);
                 sh.cv.notify_all();
-                return Ok(data);
+                return Ok(Served::Data(data));
             }
             let cur = off + out.len() as u64;
             if st.chunks.copy(cur, want - out.len(), &mut out) > 0 {
@@ -307,7 +362,33 @@ impl OpenFile {
                 .active
                 .as_ref()
                 .is_some_and(|a| a.pos <= cur && (cur - a.pos <= SKIP_FORWARD || a.no_rest));
-            if usable {
+            if usable
+                && out.is_empty()
+                && let Some(to) = sink.as_deref_mut()
+                && sh.splice_ready(&st, cur, want)
+            {
+                // The kernel's requests overtake each other: the bytes before this one go to
+                // the buffer (for the request that asks for them), then this one is spliced.
+                let gap = st.active.as_ref().map_or(0, |a| cur - a.pos);
+                if gap > 0 {
+                    st = sh.pull_upto(st, gap as usize);
+                    continue;
+                }
+                let (g, outcome) = sh.splice(st, cur, want, to);
+                st = g;
+                match outcome? {
+                    None => {
+                        drop(st);
+                        sh.cv.notify_all();
+                        return Ok(Served::Sent);
+                    }
+                    // Taken the ordinary way from here on, for this request.
+                    Some(back) => {
+                        out = back;
+                        sink = None;
+                    }
+                }
+            } else if usable {
                 st = sh.pull(st);
             } else {
                 st = sh.reopen(st, cur)?;
@@ -317,7 +398,7 @@ impl OpenFile {
         sh.kick_pump(&mut st);
         drop(st);
         sh.cv.notify_all();
-        Ok(Data::Owned(out))
+        Ok(Served::Data(Data::Owned(out)))
     }
 
     /// Abort the transfer if no request used the file for `idle`: an open file nobody reads
@@ -342,6 +423,13 @@ impl OpenFile {
         let sh = &self.shared;
         let mut st = sh.lock();
         st.closed = true;
+        if st.spliced_bytes > 0 {
+            log::debug!(
+                "{}: {} bytes went from the socket to the kernel without a copy (zero copy)",
+                sh.display(),
+                st.spliced_bytes
+            );
+        }
         let active = st.active.take();
         drop(st);
         sh.cv.notify_all();
@@ -403,12 +491,21 @@ impl Shared {
     }
 
     /// Take the transfer, read one chunk without holding the lock, put everything back.
-    fn pull<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    fn pull<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.pull_upto(st, CHUNK)
+    }
+
+    /// [`Self::pull`] of at most `most` bytes.
+    fn pull_upto<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        most: usize,
+    ) -> MutexGuard<'a, State> {
         let Some(mut active) = st.active.take() else {
             return st;
         };
         st.busy = true;
-        let want = CHUNK.min((self.size - active.pos) as usize);
+        let want = most.min(CHUNK).min((self.size - active.pos) as usize);
         let buf = st.chunks.buffer(want);
         let handover = self.segment_due(&st, &active);
         drop(st);
@@ -416,7 +513,9 @@ impl Shared {
             self.segment(&mut active, sources);
         }
         let start = active.pos;
+        let began = Instant::now();
         let (data, res) = read_chunk(&mut active, self.size, buf);
+        active.pulling += began.elapsed();
         let mut st = self.lock();
         st.busy = false;
         if !data.is_empty() {
@@ -427,6 +526,18 @@ impl Shared {
             // Keep what arrived even if the transfer broke: the next copy resumes right here.
             st.chunks.push(start, data);
         }
+        self.settle(st, active, res)
+    }
+
+    /// Put the transfer back after bytes were taken from it (`res`: how that went): finished
+    /// at the end of the file, aborted on close or failure (the server marked failed for this
+    /// file), else ready for the next request.
+    fn settle<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        active: Active,
+        res: Result<()>,
+    ) -> MutexGuard<'a, State> {
         match res {
             Ok(()) => {
                 if active.pos >= self.size {
@@ -464,13 +575,128 @@ impl Shared {
         st
     }
 
+    /// Can `[off, off + want)` go from the transfer's socket straight into the reply? The
+    /// transfer is at `off` or a little before it, is one plain stream (not segmented, not
+    /// TLS), the reply is more than the bytes kept as witness, and the transfer is not about
+    /// to become segmented. The reply that ends the file goes the ordinary way: the transfer
+    /// must be seen to end right there ([`finish`]) before the reply leaves.
+    fn splice_ready(&self, st: &State, off: u64, want: usize) -> bool {
+        want > 2 * OVERLAP
+            && off + (want as u64) < self.size
+            && st.active.as_ref().is_some_and(|a| {
+                a.pos <= off
+                    && off - a.pos <= SKIP_FORWARD
+                    && !a.segmented
+                    && a.stream.can_splice()
+                    && self.segment_due(st, a).is_none()
+            })
+    }
+
+    /// Serve `[off, off + want)` from the transfer's socket into the reply without copying
+    /// it here ([`SpliceSink`]); the transfer is at `off` ([`Self::splice_ready`]). The last
+    /// OVERLAP bytes are read the ordinary way: they are the witness for a later splice
+    /// check. The transfer is handed back before the reply goes to the kernel, so the next
+    /// request's bytes come off the socket while this one's are copied into the page cache.
+    /// Returns None once the reply is sent; else the bytes of `[off, ..)` that were taken
+    /// (possibly none), for the caller to go on the ordinary way.
+    fn splice<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        off: u64,
+        want: usize,
+        sink: &mut dyn SpliceSink,
+    ) -> (MutexGuard<'a, State>, Result<Option<Vec<u8>>>) {
+        let Some(mut active) = st.active.take() else {
+            return (st, Ok(Some(Vec::new())));
+        };
+        st.busy = true;
+        drop(st);
+        let began = Instant::now();
+        let body = want - OVERLAP;
+        let mut moved = 0;
+        let mut tail = Vec::new();
+        let mut res = Ok(());
+        let mut complete = false;
+        if let Some(pipe) = sink.begin(want) {
+            // Bounded: each turn moves at least one byte or ends the loop.
+            while moved < body {
+                match active.stream.splice_to(pipe, body - moved) {
+                    Some(Ok(n)) if n > 0 => moved += n,
+                    Some(Ok(_)) | None => break,
+                    Some(Err(e)) => {
+                        res = Err(e);
+                        break;
+                    }
+                }
+            }
+            active.pos += moved as u64;
+            if moved == body && res.is_ok() {
+                let (t, r) = read_chunk(&mut active, self.size, vec![0u8; OVERLAP]);
+                tail = t;
+                res = r;
+                complete = res.is_ok() && pipe.put(&tail).is_ok();
+            }
+        }
+        active.pulling += began.elapsed();
+        // Everything that went into the pipe and will not be sent, back in order (any part of
+        // the tail that went in dropped, then the tail); None if the pipe would not give it.
+        let back = if complete {
+            None
+        } else {
+            match sink.take_back() {
+                Ok(mut back) if back.len() >= moved => {
+                    back.truncate(moved);
+                    back.extend_from_slice(&tail);
+                    Some(back)
+                }
+                _ => None,
+            }
+        };
+        let mut st = self.lock();
+        st.busy = false;
+        if moved + tail.len() > 0 && st.agreed.is_empty() {
+            st.agreed.push(active.server);
+        }
+        if complete {
+            st.note_witness(off + body as u64, &tail);
+            st.spliced = true;
+            st.spliced_bytes += want as u64;
+            drop(self.settle(st, active, res));
+            let sent = sink.commit().map_err(|e| {
+                // The transfer is fine (it is past these bytes); only this reply is lost.
+                Error::new(
+                    Kind::Protocol,
+                    format!("{}: sending a read reply: {e}", self.display()),
+                )
+            });
+            return (self.lock(), sent.map(|()| None));
+        }
+        match back {
+            Some(back) => {
+                if !back.is_empty() {
+                    st.note_witness(off, &back);
+                }
+                (self.settle(st, active, res), Ok(Some(back)))
+            }
+            // The pipe would not give its bytes back: they are gone, so the transfer cannot go
+            // on from where it is; a new one starts at `off`.
+            None => {
+                drop(st);
+                active.stream.abort();
+                self.cv.notify_all();
+                (self.lock(), Ok(Some(Vec::new())))
+            }
+        }
+    }
+
     /// Should the transfer become a segmented read now? The copies to use if so: the file is
     /// big enough, its reads are sequential, the transfer alone is not already fast, the stream is at the end of the witness (so the
     /// first splice can be checked) and there is another copy or connection to use.
     fn segment_due(&self, st: &State, active: &Active) -> Option<Vec<usize>> {
         let opts = &self.segments.opts;
         let ran = active.opened.elapsed();
-        let alone = active.pos.saturating_sub(active.start) as f64 / ran.as_secs_f64().max(1e-6);
+        let alone =
+            active.pos.saturating_sub(active.start) as f64 / active.pulling.as_secs_f64().max(1e-6);
         let ready = opts.enabled
             && ran >= opts.judge_after
             && alone < opts.fast_alone
@@ -639,9 +865,11 @@ impl Shared {
     /// More to read ahead: the transfer is open and not yet READAHEAD past the furthest
     /// requested byte.
     fn ahead_due(&self, st: &State) -> bool {
-        st.active
-            .as_ref()
-            .is_some_and(|a| a.pos < self.size && a.pos < st.want_end.saturating_add(READAHEAD))
+        st.active.as_ref().is_some_and(|a| {
+            (!st.spliced || a.segmented)
+                && a.pos < self.size
+                && a.pos < st.want_end.saturating_add(READAHEAD)
+        })
     }
 
     /// Queue a read-ahead job for a big file if there is work and none is queued already.
@@ -674,6 +902,7 @@ impl Shared {
             segmented: false,
             start: at,
             opened: Instant::now(),
+            pulling: Duration::ZERO,
         };
         if let Some((w_off, witness)) = check
             && let Err(e) = self.check_splice(&mut active, agreed, w_off, witness)

@@ -831,6 +831,37 @@ struct FtpStream {
 }
 
 impl FtpStream {
+    /// `n` bytes arrived in a read or splice that started at `started`.
+    fn count(&mut self, n: usize, started: Instant) {
+        self.lease
+            .server
+            .bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.sample_wait += started.elapsed();
+        self.sample_bytes += n as u64;
+        if self.sample_bytes >= speed::THROUGHPUT_SAMPLE_BYTES || n == 0 {
+            self.report();
+        }
+    }
+
+    /// The data connection broke: the control connection's state is unknown, so it goes too;
+    /// a server that stops sending mid-transfer is treated like one that hangs.
+    fn broken(&mut self, e: &std::io::Error) -> Error {
+        self.xfer = None;
+        self.lease.discard();
+        let err = crate::ftp::conn::net_err(self.lease.server.label(), "reading data", e);
+        self.lease.server.note_failure(&err, true);
+        err
+    }
+
+    /// The plain TCP data socket, if the transfer is one (TLS bytes must be decrypted here).
+    fn socket(&self) -> Option<&std::net::TcpStream> {
+        match self.xfer.as_ref()?.get_ref() {
+            suppaftp::DataStream::Tcp(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Give the meter what was read since the last sample.
     fn report(&mut self) {
         let server = &self.lease.server;
@@ -845,33 +876,16 @@ impl FtpStream {
 impl ByteStream for FtpStream {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
         use std::io::Read;
-        let label = self.lease.server.label().to_string();
         let Some(xfer) = self.xfer.as_mut() else {
             return Ok(0);
         };
         let started = Instant::now();
         match xfer.read(buf) {
             Ok(n) => {
-                self.lease
-                    .server
-                    .bytes
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                self.sample_wait += started.elapsed();
-                self.sample_bytes += n as u64;
-                if self.sample_bytes >= speed::THROUGHPUT_SAMPLE_BYTES || n == 0 {
-                    self.report();
-                }
+                self.count(n, started);
                 Ok(n)
             }
-            Err(e) => {
-                // The data connection broke: the control connection's state is unknown.
-                self.xfer = None;
-                self.lease.discard();
-                let err = crate::ftp::conn::net_err(&label, "reading data", &e);
-                // A server that stops sending mid-transfer is treated like one that hangs.
-                self.lease.server.note_failure(&err, true);
-                Err(err)
-            }
+            Err(e) => Err(self.broken(&e)),
         }
     }
 
@@ -890,6 +904,25 @@ impl ByteStream for FtpStream {
 
     fn abort(mut self: Box<Self>) {
         self.abort_now();
+    }
+
+    fn can_splice(&self) -> bool {
+        self.socket().is_some()
+    }
+
+    fn splice_to(&mut self, pipe: &crate::splice::Pipe, len: usize) -> Option<Result<usize>> {
+        use std::os::fd::AsFd;
+        let socket = self.socket()?;
+        let started = Instant::now();
+        let res = pipe.fill_from(socket.as_fd(), len);
+        Some(match res {
+            Ok(n) => {
+                self.count(n, started);
+                Ok(n)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(self.broken(&e)),
+        })
     }
 }
 
