@@ -729,6 +729,12 @@ impl Shared {
         if sources.len() < 2 && self.backend.spare_connections(active.server) == 0 {
             return None;
         }
+        log::debug!(
+            "{}: the transfer did {:.1} MB/s while read (under {:.0}): segmenting",
+            self.display(),
+            alone / 1e6,
+            opts.fast_alone / 1e6
+        );
         Some(sources)
     }
 
