@@ -578,11 +578,14 @@ impl Shared {
     /// Can `[off, off + want)` go from the transfer's socket straight into the reply? The
     /// transfer is at `off` or a little before it, is one plain stream (not segmented, not
     /// TLS), the reply is more than the bytes kept as witness, and the transfer is not about
-    /// to become segmented. The reply that ends the file goes the ordinary way: the transfer
-    /// must be seen to end right there ([`finish`]) before the reply leaves.
+    /// to become segmented. The last CHUNK of a file goes the ordinary way: the reply that
+    /// ends the file must see the transfer end right there ([`finish`]) before it leaves, and
+    /// a file of a chunk or less is then read whole by its first request and its transfer
+    /// finished, not aborted at close (an ABOR after the server sent everything costs the
+    /// connection with some servers, see [`crate::ftp::conn::Conn::abort`]).
     fn splice_ready(&self, st: &State, off: u64, want: usize) -> bool {
         want > 2 * OVERLAP
-            && off + (want as u64) < self.size
+            && off + ((want + CHUNK) as u64) < self.size
             && st.active.as_ref().is_some_and(|a| {
                 a.pos <= off
                     && off - a.pos <= SKIP_FORWARD
