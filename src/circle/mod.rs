@@ -14,6 +14,7 @@
 //! | [`cache`] | the per-(server, directory) listing cache and single-flight fetching |
 //! | [`server_set`] | the set of servers holding a node |
 //! | [`prefetch`] | what to fetch ahead of a walker (policy), its queue, workers and file cache |
+//! | [`preload`] | after a restart, the merged tree built from the listing index ahead of the first walker |
 //! | [`handles`] | open files and open directories (`.`/`..`, readdirplus references, EROFS) |
 //! | [`reader`] | reading one open file: streaming, failover, read-ahead |
 //! | [`choice`] | which copy to read first, by measured speed |
@@ -39,6 +40,7 @@ pub mod inodes;
 pub mod merge;
 pub mod mirrors;
 pub mod prefetch;
+pub mod preload;
 pub mod provenance;
 pub mod reader;
 pub mod reaper;
