@@ -328,7 +328,7 @@ impl ListingCache {
     /// The index's copy of `key` as a listing, if it may be served: younger than the TTL
     /// ([`Origin::Index`]), or older but fetched before this mount started ([`Origin::Stale`]:
     /// to be revalidated). Never with `--cache-ttl 0`, nor after an invalidation.
-    fn from_index(&self, key: &Key) -> Option<Fetched> {
+    fn indexed_listing(&self, key: &Key) -> Option<Fetched> {
         let ix = self.index.as_deref()?;
         // `--cache-ttl 0` means "always ask": the index only stands in for a failed server.
         if self.ttl.is_zero()
@@ -374,7 +374,7 @@ impl ListingCache {
         if let Some(f) = self.fresh(&key) {
             return Some(f);
         }
-        let fetched = Arc::new(self.from_index(&key)?);
+        let fetched = Arc::new(self.indexed_listing(&key)?);
         let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
         // A fetch that landed meanwhile is newer than the index's copy: keep it.
         if let Some(f) = lru.map.get(&key).filter(|f| f.fresh(self.ttl)) {
@@ -388,7 +388,7 @@ impl ListingCache {
     /// a failure carries the last known listing (see [`Fetched::last_ok`]).
     fn load(&self, backend: &dyn Backend, key: &Key, prio: Priority, use_index: bool) -> Fetched {
         let (server, path) = (key.0, &key.1[..]);
-        if use_index && let Some(f) = self.from_index(key) {
+        if use_index && let Some(f) = self.indexed_listing(key) {
             return f;
         }
         let index = self.index.as_deref();
