@@ -25,7 +25,10 @@
 //!   listing fetched is recorded (queued, never written here); a failed fetch with no listing
 //!   in memory carries the indexed one as its [`Fetched::last_ok`], dated no earlier than the
 //!   cache's creation (the mount), so a server down at mount time shows its indexed entries
-//!   for `--offline-keep` like one that went down later.
+//!   for `--offline-keep` like one that went down later;
+//! - [`ListingCache::local`] gives what is here (cached, or served from the index by the same
+//!   rules) and never asks a server nor waits for a fetch: the preload and the first pass of
+//!   a directory refresh use it, so only what is missing goes to the network.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -311,7 +311,8 @@ impl Circle {
     }
 
     /// Queue the subdirectories of `ino` for listing (each `depth - 1` levels further), unless
-    /// that was done already for at least this depth since the last refresh.
+    /// that was done already for at least this depth since the last refresh (or the preload
+    /// found everything below listed: `prefetched_depth` is then `u8::MAX`).
     pub(super) fn queue_subdirs(&self, ino: u64, depth: u8) {
         // Every lookup comes here: decide under the shared lock, write only when there is work.
         let done = |nodes: &Nodes| {

@@ -17,7 +17,9 @@
 //!
 //! With a listing index: a directory merged from a listing older than the TTL
 //! ([`Origin::Stale`](cache::Origin::Stale)) is served at once and revalidated in the
-//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time).
+//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time), when
+//! it is visited: at once, or, for one the preload merged ([`super::preload`]), at its first
+//! visit.
 //!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
