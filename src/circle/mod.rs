@@ -49,7 +49,7 @@ pub mod segments;
 pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -141,6 +141,9 @@ pub struct Circle {
     /// Revalidates directories served from stale index listings (see [`refresh`]).
     revalidators: Workers,
     revalidating: Mutex<HashSet<u64>>,
+    /// The preload is building the tree from the index: it is the prefetch meanwhile (see
+    /// [`preload`]).
+    preloading: AtomicBool,
     /// Itself, for background jobs (set by [`Circle::start_revalidation`]).
     me: OnceLock<Weak<Circle>>,
     /// The copies each directory's last merge hid, by directory (see [`provenance`]).
@@ -188,6 +191,7 @@ impl Circle {
             )),
             revalidators: Workers::new("ftpc-revalidate", refresh::REVALIDATE_WORKERS),
             revalidating: Mutex::default(),
+            preloading: AtomicBool::new(false),
             me: OnceLock::new(),
 
             listers: Workers::new("ftpc-list", LIST_WORKERS),

@@ -314,6 +314,11 @@ impl Circle {
     /// that was done already for at least this depth since the last refresh (or the preload
     /// found everything below listed: `prefetched_depth` is then `u8::MAX`).
     pub(super) fn queue_subdirs(&self, ino: u64, depth: u8) {
+        // The preload is merging what the index has, ahead of the walker: prefetch workers
+        // doing the same would only compete with both for the cores.
+        if self.preloading.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         // Every lookup comes here: decide under the shared lock, write only when there is work.
         let done = |nodes: &Nodes| {
             !matches!(nodes.get(ino).map(|n| &n.kind),

@@ -20,10 +20,15 @@
 //!   directory is first visited (`revalidate_on_visit`): a preload never makes the servers
 //!   list what nobody looked at;
 //! - a directory someone merged already is not merged again (its children are still walked);
+//! - while it runs, no directory prefetch is queued ([`Circle::queue_subdirs`]): the prefetch
+//!   workers would merge the same directories from the index, competing with the preload and
+//!   the walker for the cores (on two cores they merged most of the tree, at ten threads'
+//!   cost); a directory the walker lists meanwhile gets its prefetch at its next visit;
 //! - bounded: at most [`PRELOAD_SHARE`] of `--cache-entries` entries, and [`MAX_DEPTH`] levels;
 //!   one thread, ending when done or when the mount goes away.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::inodes::{DirRole, MAX_DEPTH, NodeKind};
@@ -73,11 +78,15 @@ impl Circle {
         }
         let weak = Arc::downgrade(self);
         let budget = self.opts.cache_entries / PRELOAD_SHARE;
+        self.preloading.store(true, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("ftpc-preload".into())
             .spawn(move || {
                 let start = Instant::now();
                 let st = preload(&weak, budget);
+                if let Some(c) = weak.upgrade() {
+                    c.preloading.store(false, Ordering::Relaxed);
+                }
                 log::info!(
                     "preloaded {} directories ({} entries) from the listing index in {:?}{}",
                     st.dirs,
@@ -91,6 +100,7 @@ impl Circle {
                 );
             });
         if let Err(e) = spawned {
+            self.preloading.store(false, Ordering::Relaxed);
             log::warn!("cannot start the preload thread: {e}");
         }
     }
