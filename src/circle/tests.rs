@@ -1333,6 +1333,31 @@ fn a_preload_leaves_unindexed_directories_and_what_is_past_its_bound_to_the_walk
 }
 
 #[test]
+fn no_directory_prefetch_is_queued_while_the_preload_runs() {
+    let ix = index_in("preload-prefetch");
+    let (_, mut c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, false);
+    // Prefetch on, without workers: what is queued stays in the queue.
+    let c = Arc::get_mut(&mut c).unwrap();
+    c.opts.prefetch = true;
+    c.preloading
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(names(c, ROOT), ["docs", "pub"]);
+    assert_eq!(
+        c.queue.pop(Duration::ZERO),
+        None,
+        "nothing queued meanwhile"
+    );
+    // Once it is done, the next visit queues the subdirectories as usual.
+    c.preloading
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    names(c, ROOT);
+    assert!(matches!(
+        c.queue.pop(Duration::ZERO),
+        Some(super::prefetch::Job::Dir { .. })
+    ));
+}
+
+#[test]
 fn a_preload_of_stale_listings_revalidates_each_directory_only_once_visited() {
     let ix = index_in("preload-stale");
     let old = crate::index::now_secs() - 3600;
