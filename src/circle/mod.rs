@@ -144,6 +144,8 @@ pub struct Circle {
     /// The preload is building the tree from the index: it is the prefetch meanwhile (see
     /// [`preload`]).
     preloading: AtomicBool,
+    /// Directory prefetches asked for while the preload ran, queued when it ends.
+    deferred: Mutex<Vec<(u64, u8)>>,
     /// Itself, for background jobs (set by [`Circle::start_revalidation`]).
     me: OnceLock<Weak<Circle>>,
     /// The copies each directory's last merge hid, by directory (see [`provenance`]).
@@ -192,6 +194,7 @@ impl Circle {
             revalidators: Workers::new("ftpc-revalidate", refresh::REVALIDATE_WORKERS),
             revalidating: Mutex::default(),
             preloading: AtomicBool::new(false),
+            deferred: Mutex::default(),
             me: OnceLock::new(),
 
             listers: Workers::new("ftpc-list", LIST_WORKERS),

@@ -23,7 +23,8 @@
 //! - while it runs, no directory prefetch is queued ([`Circle::queue_subdirs`]): the prefetch
 //!   workers would merge the same directories from the index, competing with the preload and
 //!   the walker for the cores (on two cores they merged most of the tree, at ten threads'
-//!   cost); a directory the walker lists meanwhile gets its prefetch at its next visit;
+//!   cost); the prefetches asked for meanwhile are queued when it ends, and find work only
+//!   where it stopped (its bound, or listings the index does not have);
 //! - bounded: at most [`PRELOAD_SHARE`] of `--cache-entries` entries, and [`MAX_DEPTH`] levels;
 //!   one thread, ending when done or when the mount goes away.
 
@@ -85,7 +86,7 @@ impl Circle {
                 let start = Instant::now();
                 let st = preload(&weak, budget);
                 if let Some(c) = weak.upgrade() {
-                    c.preloading.store(false, Ordering::Relaxed);
+                    c.end_preload();
                 }
                 log::info!(
                     "preloaded {} directories ({} entries) from the listing index in {:?}{}",

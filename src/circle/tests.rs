@@ -1333,7 +1333,7 @@ fn a_preload_leaves_unindexed_directories_and_what_is_past_its_bound_to_the_walk
 }
 
 #[test]
-fn no_directory_prefetch_is_queued_while_the_preload_runs() {
+fn directory_prefetch_waits_for_the_end_of_the_preload() {
     let ix = index_in("preload-prefetch");
     let (_, mut c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, false);
     // Prefetch on, without workers: what is queued stays in the queue.
@@ -1347,14 +1347,16 @@ fn no_directory_prefetch_is_queued_while_the_preload_runs() {
         None,
         "nothing queued meanwhile"
     );
-    // Once it is done, the next visit queues the subdirectories as usual.
-    c.preloading
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    names(c, ROOT);
-    assert!(matches!(
-        c.queue.pop(Duration::ZERO),
-        Some(super::prefetch::Job::Dir { .. })
-    ));
+    // When it ends (here without having merged anything), what the visit asked for is
+    // queued: both subdirectories of the root.
+    c.end_preload();
+    let mut queued = Vec::new();
+    while let Some(super::prefetch::Job::Dir { ino, .. }) = c.queue.pop(Duration::ZERO) {
+        queued.push(ino);
+    }
+    let docs = c.lookup(ROOT, b"docs").unwrap().ino;
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(queued, [docs, pub_]);
 }
 
 #[test]
