@@ -32,7 +32,8 @@ pub mod workers;
 /// Threads the daemon runs at most, whatever the number of servers or open files: the main
 /// thread, the signal waiter, the FUSE workers, the prefetch workers, the pool listing one
 /// directory across servers, the read-ahead pool, the segmented-read pool, the probe scheduler and its pool, the idle
-/// reaper and the kernel invalidator (every pool's threads end after a while without work).
+/// reaper, the kernel invalidator, the index writer, the revalidation pool and the index
+/// preload (every pool's threads end after a while without work).
 /// Each term is a constant with its reason at its definition.
 pub const MAX_THREADS: usize = 1
     + 1
@@ -45,6 +46,7 @@ pub const MAX_THREADS: usize = 1
     + 1
     + ftp::pool::PROBE_WORKERS
     + 1
-    // the index writer and the revalidation pool
+    // the index writer, the revalidation pool and the preload
     + 1
-    + circle::refresh::REVALIDATE_WORKERS;
+    + circle::refresh::REVALIDATE_WORKERS
+    + 1;

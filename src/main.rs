@@ -436,6 +436,9 @@ fn run(
         match rx.recv() {
             Ok(Event::Checked(failed)) => {
                 report_unusable(&failed, backend.servers());
+                // The root is listed: build the rest of the tree from the index while the
+                // mount comes up, ahead of the first walker.
+                circle.start_preload();
                 break;
             }
             Ok(Event::Signal(sig)) => {

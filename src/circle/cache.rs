@@ -25,7 +25,10 @@
 //!   listing fetched is recorded (queued, never written here); a failed fetch with no listing
 //!   in memory carries the indexed one as its [`Fetched::last_ok`], dated no earlier than the
 //!   cache's creation (the mount), so a server down at mount time shows its indexed entries
-//!   for `--offline-keep` like one that went down later.
+//!   for `--offline-keep` like one that went down later;
+//! - [`ListingCache::local`] gives what is here (cached, or served from the index by the same
+//!   rules) and never asks a server nor waits for a fetch: the preload and the first pass of
+//!   a directory refresh use it, so only what is missing goes to the network.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -325,47 +328,73 @@ impl ListingCache {
         }
     }
 
+    /// The index's copy of `key` as a listing, if it may be served: younger than the TTL
+    /// ([`Origin::Index`]), or older but fetched before this mount started ([`Origin::Stale`]:
+    /// to be revalidated). Never with `--cache-ttl 0`, nor after an invalidation.
+    fn indexed_listing(&self, key: &Key) -> Option<Fetched> {
+        let ix = self.index.as_deref()?;
+        // `--cache-ttl 0` means "always ask": the index only stands in for a failed server.
+        if self.ttl.is_zero()
+            || self
+                .bypass
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(key)
+        {
+            return None;
+        }
+        let stored = ix.listing(key.0, &key.1)?;
+        // Stale-while-revalidate is for what earlier mounts left. A listing fetched since
+        // this mount started (by it, or by another mount sharing the file) is fetched
+        // again once expired, before it is used, as without an index.
+        // (Ages are whole seconds, so "before" needs a second more to be sure.)
+        if stored.age >= self.ttl && stored.age <= self.created.elapsed() + Duration::from_secs(1) {
+            return None;
+        }
+        let now = Instant::now();
+        let result = Ok(Arc::from(stored.entries));
+        Some(match now.checked_sub(stored.age) {
+            Some(at) if stored.age < self.ttl => Fetched {
+                at,
+                result,
+                origin: Origin::Index,
+                last_ok: None,
+            },
+            at => Fetched {
+                at: at.unwrap_or(now),
+                result,
+                origin: Origin::Stale,
+                last_ok: None,
+            },
+        })
+    }
+
+    /// The listing of `path` on `server` if it is here without asking the server: cached and
+    /// fresh, or in the index (then cached, as [`get`](Self::get) would). Never fetches, never
+    /// waits for a fetch in flight; `None` when only the server can tell.
+    pub fn local(&self, server: usize, path: &[u8]) -> Option<Arc<Fetched>> {
+        let key: Key = (server, path.into());
+        if let Some(f) = self.fresh(&key) {
+            return Some(f);
+        }
+        let fetched = Arc::new(self.indexed_listing(&key)?);
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        // A fetch that landed meanwhile is newer than the index's copy: keep it.
+        if let Some(f) = lru.map.get(&key).filter(|f| f.fresh(self.ttl)) {
+            return Some(Arc::clone(f));
+        }
+        lru.put(key, Arc::clone(&fetched));
+        Some(fetched)
+    }
+
     /// The leader's work: the index's copy if usable, else the server (recorded in the index);
     /// a failure carries the last known listing (see [`Fetched::last_ok`]).
     fn load(&self, backend: &dyn Backend, key: &Key, prio: Priority, use_index: bool) -> Fetched {
         let (server, path) = (key.0, &key.1[..]);
-        let index = self.index.as_deref();
-        let bypassed = || {
-            self.bypass
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(key)
-        };
-        // `--cache-ttl 0` means "always ask": the index only stands in for a failed server.
-        if use_index
-            && !self.ttl.is_zero()
-            && let Some(ix) = index
-            && !bypassed()
-            && let Some(stored) = ix.listing(server, path)
-            // Stale-while-revalidate is for what earlier mounts left. A listing fetched since
-            // this mount started (by it, or by another mount sharing the file) is fetched
-            // again once expired, before it is used, as without an index.
-            // (Ages are whole seconds, so "before" needs a second more to be sure.)
-            && (stored.age < self.ttl
-                || stored.age > self.created.elapsed() + Duration::from_secs(1))
-        {
-            let now = Instant::now();
-            let result = Ok(Arc::from(stored.entries));
-            return match now.checked_sub(stored.age) {
-                Some(at) if stored.age < self.ttl => Fetched {
-                    at,
-                    result,
-                    origin: Origin::Index,
-                    last_ok: None,
-                },
-                at => Fetched {
-                    at: at.unwrap_or(now),
-                    result,
-                    origin: Origin::Stale,
-                    last_ok: None,
-                },
-            };
+        if use_index && let Some(f) = self.indexed_listing(key) {
+            return f;
         }
+        let index = self.index.as_deref();
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = backend
             .list(server, path, prio)

@@ -20,7 +20,7 @@
 //! - reference counts change under the table's shared lock (atomics); nodes are dropped only
 //!   under its exclusive lock, after checking the counts.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Instant, SystemTime};
 
@@ -41,8 +41,12 @@ pub(super) struct DirData {
     pub(super) order: Box<[u64]>,
     /// When the merged listing must be refreshed; `None` until it was first listed.
     pub(super) expires: Option<Instant>,
-    /// How many levels below this directory have been queued for prefetch already.
+    /// How many levels below this directory have been queued for prefetch already
+    /// ([`u8::MAX`]: everything below is listed, see [`super::preload`]).
     pub(super) prefetched_depth: u8,
+    /// Merged from index listings older than the TTL by the preload, not visited since: the
+    /// first visit queues its revalidation (see [`super::refresh`]).
+    pub(super) revalidate_on_visit: AtomicBool,
     /// A merged directory, a directory of the control tree, or the root of a server's view.
     pub(super) role: DirRole,
 }

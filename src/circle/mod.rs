@@ -14,6 +14,7 @@
 //! | [`cache`] | the per-(server, directory) listing cache and single-flight fetching |
 //! | [`server_set`] | the set of servers holding a node |
 //! | [`prefetch`] | what to fetch ahead of a walker (policy), its queue, workers and file cache |
+//! | [`preload`] | after a restart, the merged tree built from the listing index ahead of the first walker |
 //! | [`handles`] | open files and open directories (`.`/`..`, readdirplus references, EROFS) |
 //! | [`reader`] | reading one open file: streaming, failover, read-ahead |
 //! | [`choice`] | which copy to read first, by measured speed |
@@ -39,6 +40,7 @@ pub mod inodes;
 pub mod merge;
 pub mod mirrors;
 pub mod prefetch;
+pub mod preload;
 pub mod provenance;
 pub mod reader;
 pub mod reaper;
@@ -47,7 +49,7 @@ pub mod segments;
 pub mod server_set;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -139,6 +141,11 @@ pub struct Circle {
     /// Revalidates directories served from stale index listings (see [`refresh`]).
     revalidators: Workers,
     revalidating: Mutex<HashSet<u64>>,
+    /// The preload is building the tree from the index: it is the prefetch meanwhile (see
+    /// [`preload`]).
+    preloading: AtomicBool,
+    /// Directory prefetches asked for while the preload ran, queued when it ends.
+    deferred: Mutex<Vec<(u64, u8)>>,
     /// Itself, for background jobs (set by [`Circle::start_revalidation`]).
     me: OnceLock<Weak<Circle>>,
     /// The copies each directory's last merge hid, by directory (see [`provenance`]).
@@ -186,6 +193,8 @@ impl Circle {
             )),
             revalidators: Workers::new("ftpc-revalidate", refresh::REVALIDATE_WORKERS),
             revalidating: Mutex::default(),
+            preloading: AtomicBool::new(false),
+            deferred: Mutex::default(),
             me: OnceLock::new(),
 
             listers: Workers::new("ftpc-list", LIST_WORKERS),

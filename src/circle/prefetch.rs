@@ -44,6 +44,9 @@ pub const FILE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_WORKERS: usize = 16;
 /// Bound on queued jobs (a job is an inode number and a tag: 16 bytes).
 pub const QUEUE_CAP: usize = 100_000;
+/// Bound on directory prefetches held back while the preload runs (16 bytes each): a walker
+/// visits a few thousand directories in the second or so a preload takes at most.
+pub const DEFERRED_CAP: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
@@ -310,9 +313,33 @@ impl Circle {
         self.queue.push_front(&jobs);
     }
 
+    /// The preload ended: queue the directory prefetches held back meanwhile, in the order
+    /// they were asked for (so the walker's latest directory comes first). Those whose
+    /// subtrees the preload merged queue nothing.
+    pub(super) fn end_preload(&self) {
+        self.preloading
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let deferred =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        for (ino, depth) in deferred {
+            self.queue_subdirs(ino, depth);
+        }
+    }
+
     /// Queue the subdirectories of `ino` for listing (each `depth - 1` levels further), unless
-    /// that was done already for at least this depth since the last refresh.
+    /// that was done already for at least this depth since the last refresh (or the preload
+    /// found everything below listed: `prefetched_depth` is then `u8::MAX`).
     pub(super) fn queue_subdirs(&self, ino: u64, depth: u8) {
+        // The preload is merging what the index has, ahead of the walker: prefetch workers
+        // doing the same would only compete with both for the cores. What the walker asked
+        // for meanwhile is queued when the preload ends (for what it did not reach).
+        if self.preloading.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            if deferred.len() < DEFERRED_CAP {
+                deferred.push((ino, depth));
+            }
+            return;
+        }
         // Every lookup comes here: decide under the shared lock, write only when there is work.
         let done = |nodes: &Nodes| {
             !matches!(nodes.get(ino).map(|n| &n.kind),

@@ -17,7 +17,9 @@
 //!
 //! With a listing index: a directory merged from a listing older than the TTL
 //! ([`Origin::Stale`](cache::Origin::Stale)) is served at once and revalidated in the
-//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time).
+//! background ([`REVALIDATE_WORKERS`] threads, each directory queued once at a time), when
+//! it is visited: at once, or, for one the preload merged ([`super::preload`]), at its first
+//! visit.
 //!
 //! Invariants:
 //! - names that stay keep their inode (same kind); names that go are handed to the inode
@@ -27,7 +29,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::inodes::{DirRole, Node, NodeKind};
@@ -47,6 +49,15 @@ pub const LIST_WORKERS: usize = 128;
 /// (background priority), so 4 keep a server's default 4 connections busy without crowding
 /// out the walker.
 pub const REVALIDATE_WORKERS: usize = 4;
+
+/// What [`Circle::merge_fetched`] does with a directory merged from stale index listings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OnStale {
+    /// Revalidate it now (someone is visiting it).
+    Revalidate,
+    /// Revalidate it when it is first visited (it was preloaded, see [`super::preload`]).
+    AtVisit,
+}
 
 impl Circle {
     /// Fetch the root listing of every server (in parallel, through the cache) and return the
@@ -131,22 +142,41 @@ impl Circle {
             let NodeKind::Dir(d) = &node.kind else {
                 return Err(Error::new(Kind::NotDir, "not a directory"));
             };
-            if (use_index && d.expires.is_some_and(|e| Instant::now() < e))
-                || d.role == DirRole::Control
-            {
+            if d.role == DirRole::Control {
+                return Ok(());
+            }
+            if use_index && d.expires.is_some_and(|e| Instant::now() < e) {
+                // Preloaded from stale listings: this is the visit that revalidates it.
+                if d.revalidate_on_visit.swap(false, Ordering::Relaxed) {
+                    drop(nodes);
+                    self.queue_revalidate(ino);
+                }
                 return Ok(());
             }
             (Self::path_of(&nodes, ino), node.sources.clone())
         };
         let fetched = self.fetch_all(servers, &path, prio, use_index);
+        self.merge_fetched(ino, &path, &fetched, OnStale::Revalidate)
+    }
+
+    /// Merge the listings `fetched` of directory `ino` (at `path`) and apply the result to the
+    /// table. A listing from the index older than the TTL is revalidated in the background,
+    /// now or at the directory's first visit (`on_stale`).
+    pub(super) fn merge_fetched(
+        &self,
+        ino: u64,
+        path: &[u8],
+        fetched: &[(usize, Arc<cache::Fetched>)],
+        on_stale: OnStale,
+    ) -> Result<()> {
         let mut ok = Vec::new();
         let mut first_err = None;
         let mut failed = ServerSet::default();
         let mut stale = false;
         // The merged listing is as old as its oldest part.
         let mut oldest = Instant::now();
-        self.note_listed(&fetched);
-        for (server, f) in &fetched {
+        self.note_listed(fetched);
+        for (server, f) in fetched {
             match f.origin {
                 cache::Origin::Stale => stale = true,
                 cache::Origin::Index => oldest = oldest.min(f.at),
@@ -176,17 +206,18 @@ impl Circle {
             }
             return Err(e);
         }
-        let differ = |name: &[u8], a, b| self.mirrors.differ_in(&path, name, a, b);
+        let differ = |name: &[u8], a, b| self.mirrors.differ_in(path, name, a, b);
         let (merged, conflicts) = merge::merge(&ok, &differ);
-        self.log_conflicts(&path, &conflicts);
+        self.log_conflicts(path, &conflicts);
         self.keep_conflicts(ino, conflicts);
         let expires = if first_err.is_some() {
             Instant::now() + self.opts.ttl.min(cache::ERROR_TTL)
         } else {
             oldest + self.opts.ttl
         };
-        self.apply(ino, &path, merged, failed, expires)?;
-        if stale {
+        let on_visit = stale && on_stale == OnStale::AtVisit;
+        self.apply(ino, path, merged, failed, expires, on_visit)?;
+        if stale && on_stale == OnStale::Revalidate {
             self.queue_revalidate(ino);
         }
         Ok(())
@@ -232,37 +263,46 @@ impl Circle {
         use_index: bool,
     ) -> Vec<(usize, Arc<cache::Fetched>)> {
         let backend = self.backend.as_ref();
-        // A listing the index has is a local read: not worth a thread of the pool.
-        let index = self.cache.index().filter(|_| use_index);
-        let missing = servers
+        // What is here already (cached, or in the index: one lookup each) is taken at once;
+        // only the rest is asked of the servers.
+        let mut got: Vec<(usize, Option<Arc<cache::Fetched>>)> = servers
             .iter()
-            .filter(|&s| self.cache.fresh(&(s, path.into())).is_none())
-            .filter(|&s| index.is_none_or(|ix| ix.fetched_at(s, path).is_none()))
-            .count();
-        if missing <= 1 {
-            return servers
-                .iter()
-                .map(|s| (s, self.cache.get_with(backend, s, path, prio, use_index)))
-                .collect();
-        }
-        let list: Vec<usize> = servers.iter().collect();
-        let (cache, backend) = (Arc::clone(&self.cache), Arc::clone(&self.backend));
-        let shared_path: Arc<[u8]> = path.into();
-        let fetched = self.listers.map(list.clone(), move |s| {
-            cache.get_with(backend.as_ref(), s, &shared_path, prio, use_index)
-        });
-        list.into_iter()
-            .zip(fetched)
-            .map(|(s, f)| {
-                let f = f.unwrap_or_else(|| {
+            .map(|s| {
+                let here = if use_index {
+                    self.cache.local(s, path)
+                } else {
+                    self.cache.fresh(&(s, path.into()))
+                };
+                (s, here)
+            })
+            .collect();
+        let missing: Vec<usize> = got
+            .iter()
+            .filter(|(_, f)| f.is_none())
+            .map(|&(s, _)| s)
+            .collect();
+        if missing.len() <= 1 {
+            for (s, f) in got.iter_mut().filter(|(_, f)| f.is_none()) {
+                *f = Some(self.cache.get_with(backend, *s, path, prio, use_index));
+            }
+        } else {
+            let (cache, backend) = (Arc::clone(&self.cache), Arc::clone(&self.backend));
+            let shared_path: Arc<[u8]> = path.into();
+            let fetched = self.listers.map(missing.clone(), move |s| {
+                cache.get_with(backend.as_ref(), s, &shared_path, prio, use_index)
+            });
+            let mut fetched = missing.into_iter().zip(fetched);
+            for (s, f) in got.iter_mut().filter(|(_, f)| f.is_none()) {
+                let job = fetched.next().filter(|(m, _)| m == s).and_then(|(_, f)| f);
+                *f = Some(job.unwrap_or_else(|| {
                     Arc::new(cache::Fetched::new(
                         Instant::now(),
                         Err(Error::new(Kind::Protocol, "listing job panicked")),
                     ))
-                });
-                (s, f)
-            })
-            .collect()
+                }));
+            }
+        }
+        got.into_iter().filter_map(|(s, f)| Some((s, f?))).collect()
     }
 
     pub(super) fn log_conflicts(&self, path: &[u8], conflicts: &[merge::Conflict]) {
@@ -301,6 +341,7 @@ impl Circle {
         merged: Vec<Merged>,
         failed: ServerSet,
         expires: Instant,
+        revalidate_on_visit: bool,
     ) -> Result<()> {
         let mut nodes = self.nodes.write().map_err(|_| lock_err())?;
         let old_order = match nodes.get_mut(dir).map(|n| &mut n.kind) {
@@ -378,6 +419,7 @@ impl Circle {
             d.order = order.into();
             d.expires = Some(expires);
             d.prefetched_depth = 0;
+            d.revalidate_on_visit = revalidate_on_visit.into();
         }
         // Nodes that left the listing go now unless the kernel still holds them (then at
         // their last `forget`).

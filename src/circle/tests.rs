@@ -1273,6 +1273,128 @@ fn a_server_down_at_start_shows_its_indexed_entries_marked_offline() {
     assert_eq!(names(&c, pub_), ["b", "big.bin"]);
 }
 
+fn index_reads(ix: &crate::index::Index) -> u64 {
+    ix.stats.reads.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_preload_builds_the_tree_from_the_index_so_a_walk_reads_neither_servers_nor_index() {
+    let ix = index_in("preload");
+    let (_, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    walk_and_record(&c, &ix);
+    drop(c);
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    let st = c.preload(1_000);
+    // root (docs, pub), pub (a, b, big.bin), docs (empty).
+    assert_eq!(
+        st,
+        super::preload::PreloadStats {
+            dirs: 3,
+            entries: 5,
+            bounded: false
+        }
+    );
+    assert_eq!(mock.total_lists(), 0, "a preload never asks a server");
+    let reads = index_reads(&ix);
+    walk_and_record(&c, &ix);
+    assert_eq!(index_reads(&ix), reads, "the walk found everything merged");
+    assert_eq!(mock.total_lists(), 0);
+    // A second preload finds it all merged and merges nothing again.
+    assert_eq!(c.preload(1_000).dirs, 0);
+    assert_eq!(index_reads(&ix), reads);
+}
+
+#[test]
+fn a_preload_leaves_unindexed_directories_and_what_is_past_its_bound_to_the_walker() {
+    let ix = index_in("preload-partial");
+    let at = crate::index::now_secs();
+    ix.record_at(0, b"", &[dir("pub")], at);
+    ix.record_at(1, b"", &[dir("pub"), dir("docs")], at);
+    ix.record_at(0, b"pub", &[file("a", 1)], at);
+    // `pub` on server 1 and `docs` are not in the index.
+    ix.flush();
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    let st = c.preload(1_000);
+    assert_eq!((st.dirs, st.entries, st.bounded), (1, 2, false));
+    assert_eq!(mock.total_lists(), 0);
+    // The walker lists them itself, once each.
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(names(&c, pub_), ["a", "b", "big.bin"]);
+    assert_eq!(mock.lists_of(1, b"pub"), 1);
+    assert_eq!(
+        mock.lists_of(0, b"pub"),
+        0,
+        "server 0's came from the index"
+    );
+    // A bound of one entry stops after the root.
+    let (_, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    let st = c.preload(1);
+    assert_eq!((st.dirs, st.entries, st.bounded), (1, 2, true));
+}
+
+#[test]
+fn directory_prefetch_waits_for_the_end_of_the_preload() {
+    let ix = index_in("preload-prefetch");
+    let (_, mut c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, false);
+    // Prefetch on, without workers: what is queued stays in the queue.
+    let c = Arc::get_mut(&mut c).unwrap();
+    c.opts.prefetch = true;
+    c.preloading
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(names(c, ROOT), ["docs", "pub"]);
+    assert_eq!(
+        c.queue.pop(Duration::ZERO),
+        None,
+        "nothing queued meanwhile"
+    );
+    // When it ends (here without having merged anything), what the visit asked for is
+    // queued: both subdirectories of the root.
+    c.end_preload();
+    let mut queued = Vec::new();
+    while let Some(super::prefetch::Job::Dir { ino, .. }) = c.queue.pop(Duration::ZERO) {
+        queued.push(ino);
+    }
+    let docs = c.lookup(ROOT, b"docs").unwrap().ino;
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    assert_eq!(queued, [docs, pub_]);
+}
+
+#[test]
+fn a_preload_of_stale_listings_revalidates_each_directory_only_once_visited() {
+    let ix = index_in("preload-stale");
+    let old = crate::index::now_secs() - 3600;
+    ix.record_at(0, b"", &[dir("pub")], old);
+    ix.record_at(0, b"pub", &[file("a", 1), file("gone", 5)], old);
+    ix.record_at(1, b"", &[dir("pub"), dir("docs")], old);
+    ix.record_at(1, b"pub", &[file("b", 2)], old);
+    ix.record_at(1, b"docs", &[file("old", 1)], old);
+    ix.flush();
+    let (mock, c) = circle_ix(two_servers(), Duration::from_secs(60), &ix, true);
+    assert_eq!(c.preload(1_000).dirs, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(mock.total_lists(), 0, "nothing revalidated before a visit");
+    // Visiting `pub` (and the root, to look it up) serves the stale listing at once and
+    // revalidates those two, once.
+    let pub_ = c.lookup(ROOT, b"pub").unwrap().ino;
+    let mut seen = names(&c, pub_);
+    assert_eq!(seen, ["a", "b", "gone"], "served at once");
+    for _ in 0..100 {
+        if seen == ["a", "b", "big.bin"] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        seen = names(&c, pub_);
+    }
+    assert_eq!(seen, ["a", "b", "big.bin"]);
+    for _ in 0..5 {
+        names(&c, pub_);
+    }
+    assert_eq!(mock.lists_of(0, b"pub"), 1);
+    assert_eq!(mock.lists_of(1, b"pub"), 1);
+    assert_eq!(mock.lists_of(1, b""), 1);
+    assert_eq!(mock.lists_of(1, b"docs"), 0, "not visited: not revalidated");
+}
+
 // ---------------------------------------------------------------------------
 // seeing into the merge: offline entries, the control tree, provenance
 

@@ -82,12 +82,14 @@ pub struct Stored {
     pub age: Duration,
 }
 
-/// Counters of the writer, for logs and tests.
+/// Counters of the writer and the readers, for logs and tests.
 #[derive(Default)]
 pub struct Stats {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
     pub failed: AtomicU64,
+    /// Listings looked up ([`Index::listing`]).
+    pub reads: AtomicU64,
 }
 
 enum Job {
@@ -284,6 +286,7 @@ impl Index {
     /// none or it does not decode (then it is dropped from the file).
     pub fn listing(&self, server: usize, path: &[u8]) -> Option<Stored> {
         let id = *self.ids.get(server)?;
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let row: Option<(i64, Vec<u8>)> = {
             let conn = self.read.lock().unwrap_or_else(|p| p.into_inner());
             conn.prepare_cached(
