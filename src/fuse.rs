@@ -6,11 +6,12 @@
 //! view's locks are never held across network calls.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -24,14 +25,18 @@ use fuser::{
 use crate::circle::reader::{Served, SpliceSink};
 use crate::circle::{Attr, Circle, FileKind};
 use crate::error::Error;
+use crate::page_store::{self, OUT_HEADER, Stored, Stores};
 use crate::splice::Pipe;
 
 /// FUSE worker threads. A `cp` from a slow server can keep a few threads busy (the kernel sends
 /// several reads of one file at once); 16 leaves plenty for `ls`, `stat` and other files.
 pub const FUSE_THREADS: usize = 16;
-/// Largest read the kernel may send, with FUSE_MAX_PAGES: 1 MiB cuts per-request overhead 8x
-/// against the default 128 KiB.
-const MAX_READAHEAD: u32 = 1024 * 1024;
+/// Largest read the kernel may send (FUSE_MAX_PAGES) when its reply fits the FUSE threads'
+/// pipes: a direct-I/O read of `cp`'s 1 MiB buffer then costs two or one round trips, not
+/// eight as with the default 128 KiB. Set at init from the pipe size ([`request_bytes`]).
+const MAX_REQUEST: u32 = 1024 * 1024;
+/// Files at least this big are opened with direct I/O the first time ([`CircleFs::open`]).
+const DIRECT_MIN: u64 = 4 << 20;
 /// st_blksize: `cp` sizes its buffer from it (at least 128 KiB), so larger reads reach us.
 const BLKSIZE: u32 = 1024 * 1024;
 
@@ -42,50 +47,124 @@ pub struct CircleFs {
     /// The session's /dev/fuse, for read replies spliced from a socket ([`DeviceReply`]); set
     /// once the session serves.
     device: Arc<OnceLock<OwnedFd>>,
+    /// Whether the kernel lets files opened with direct I/O be mmapped (Linux >= 6.6): only
+    /// then are big files opened that way.
+    direct_io: bool,
+    /// Open handles read with direct I/O, their inode and the bytes stored so far: every
+    /// byte read through them is also stored in the kernel's page cache ([`page_store`]).
+    direct: Mutex<HashMap<u64, (u64, Stored)>>,
+    stores: Stores,
+}
+
+/// A FUSE thread's pipes: one for each reply, and for a reply that is also stored in the page
+/// cache, one for its bytes ([`DeviceReply`]).
+struct Pipes {
+    reply: Pipe,
+    data: OnceCell<Option<Pipe>>,
 }
 
 thread_local! {
-    /// Each FUSE thread's pipe for spliced read replies (None if the system gave none).
-    static PIPE: OnceCell<Option<Pipe>> = const { OnceCell::new() };
+    /// Each FUSE thread's pipes for spliced read replies (None if the system gave none).
+    static PIPES: OnceCell<Option<Pipes>> = const { OnceCell::new() };
 }
 
-/// Size of `struct fuse_out_header` (len: u32, error: i32, unique: u64), which starts every
-/// reply on /dev/fuse.
-const OUT_HEADER: usize = 16;
+/// Where the bytes of a read with direct I/O go besides the reply.
+#[derive(Clone, Copy)]
+struct StoreAt<'a> {
+    ino: u64,
+    offset: u64,
+    stored: &'a Stored,
+    stores: &'a Stores,
+}
 
-/// A read reply written to /dev/fuse by splice: the header goes into the thread's pipe, the
-/// reader fills in the bytes, one splice hands the whole reply to the kernel.
+/// A read reply written to /dev/fuse by splice: the reader fills a pipe with the bytes, one
+/// splice hands the whole reply to the kernel. With `store`, the same bytes (duplicated by
+/// `tee`, not copied) then go to the page cache in a FUSE_NOTIFY_STORE ([`page_store`]).
 struct DeviceReply<'a> {
     device: BorrowedFd<'a>,
-    pipe: &'a Pipe,
+    pipes: &'a Pipes,
     unique: u64,
     len: usize,
+    /// For a read with direct I/O: where to store the bytes, what counts them, and the queue
+    /// to store them through.
+    store: Option<StoreAt<'a>>,
+}
+
+impl DeviceReply<'_> {
+    /// The pipe the bytes of a stored reply go to first (made on first use).
+    fn data_pipe(&self) -> Option<&Pipe> {
+        self.pipes.data.get_or_init(|| Pipe::new().ok()).as_ref()
+    }
+
+    /// Send the reply whose bytes are in `data`, then queue them for the page cache.
+    fn send_stored(&self, data: &Pipe, at: StoreAt) -> std::io::Result<()> {
+        let reply = &self.pipes.reply;
+        let header = page_store::out_header(OUT_HEADER + self.len, 0, self.unique)
+            .ok_or_else(|| std::io::Error::other("reply too long"))?;
+        let sent = reply
+            .put(&header)
+            .and_then(|()| data.tee_to(reply, self.len))
+            .and_then(|()| reply.send_to(self.device, OUT_HEADER + self.len));
+        if sent.is_err() {
+            reply.clear();
+            data.clear();
+            return sent;
+        }
+        let Some(pipe) = at.stores.pipe() else {
+            data.clear();
+            return Ok(());
+        };
+        let filled = page_store::store_headers(at.ino, at.offset, self.len)
+            .ok_or_else(|| std::io::Error::other("too many bytes for one store"))
+            .and_then(|h| pipe.put(&h))
+            .and_then(|()| data.move_to(&pipe, self.len));
+        match filled {
+            Ok(()) => at.stores.send(pipe, self.len, Arc::clone(at.stored)),
+            Err(e) => {
+                log::debug!("storing {} bytes in the page cache: {e}", self.len);
+                data.clear();
+                at.stores.unused(pipe);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SpliceSink for DeviceReply<'_> {
     fn begin(&mut self, len: usize) -> Option<&Pipe> {
-        if len > self.pipe.max_reply() {
-            return None;
-        }
-        let total = u32::try_from(OUT_HEADER + len).ok()?;
-        let mut header = [0u8; OUT_HEADER];
-        header[..4].copy_from_slice(&total.to_ne_bytes());
-        // error: 0 (bytes 4..8)
-        header[8..].copy_from_slice(&self.unique.to_ne_bytes());
-        if self.pipe.put(&header).is_err() {
-            let _ = self.pipe.take_back();
-            return None;
-        }
         self.len = len;
-        Some(self.pipe)
+        if self.store.is_some() {
+            // The bytes first go to a pipe of their own, from which both messages are made.
+            let data = self.data_pipe()?;
+            return (len <= data.max_reply()).then_some(data);
+        }
+        let reply = &self.pipes.reply;
+        if len > reply.max_reply() {
+            return None;
+        }
+        let header = page_store::out_header(OUT_HEADER + len, 0, self.unique)?;
+        if reply.put(&header).is_err() {
+            reply.clear();
+            return None;
+        }
+        Some(reply)
     }
 
     fn commit(&mut self) -> std::io::Result<()> {
-        self.pipe.send_to(self.device, OUT_HEADER + self.len)
+        match (self.store, self.data_pipe()) {
+            (Some(at), Some(data)) => self.send_stored(data, at),
+            _ => self.pipes.reply.send_to(self.device, OUT_HEADER + self.len),
+        }
     }
 
     fn take_back(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut back = self.pipe.take_back()?;
+        if self.store.is_some() {
+            return match self.data_pipe() {
+                Some(data) => data.take_back(),
+                None => Ok(Vec::new()),
+            };
+        }
+        let mut back = self.pipes.reply.take_back()?;
         back.drain(..OUT_HEADER.min(back.len()));
         Ok(back)
     }
@@ -100,11 +179,15 @@ impl CircleFs {
     pub fn new(circle: Arc<Circle>) -> Self {
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let device = Arc::new(OnceLock::new());
         CircleFs {
             circle,
             uid,
             gid,
-            device: Arc::new(OnceLock::new()),
+            stores: Stores::new(Arc::clone(&device)),
+            device,
+            direct_io: false,
+            direct: Mutex::new(HashMap::new()),
         }
     }
 
@@ -136,6 +219,31 @@ impl CircleFs {
     fn ttl(&self) -> Duration {
         self.circle.ttl()
     }
+
+    /// Is `ino` a file big enough to read with direct I/O on its first open?
+    fn big(&self, ino: u64) -> bool {
+        self.circle
+            .getattr(ino)
+            .is_ok_and(|a| a.kind == FileKind::File && a.size >= DIRECT_MIN)
+    }
+}
+
+impl Pipes {
+    fn new() -> Option<Pipes> {
+        Some(Pipes {
+            reply: Pipe::new().ok()?,
+            data: OnceCell::new(),
+        })
+    }
+}
+
+/// The largest read request to ask the kernel for: [`MAX_REQUEST`], or less if the FUSE
+/// threads' pipes could not splice a reply that big ([`Pipe::max_reply`]).
+fn request_bytes() -> u32 {
+    let fits = Pipe::new().map_or(0, |p| p.max_reply());
+    let fits = u32::try_from(fits).unwrap_or(MAX_REQUEST);
+    // At least 128 KiB (the kernel's default), in whole pages.
+    (fits.min(MAX_REQUEST) & !4095).max(128 << 10)
 }
 
 fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
@@ -163,7 +271,14 @@ impl Filesystem for CircleFs {
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         // Drop cached pages of a file whose size or mtime changed at the next getattr.
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
-        let _ = config.set_max_readahead(MAX_READAHEAD);
+        let request = request_bytes();
+        let _ = config.set_max_readahead(request);
+        let _ = config.set_max_write(request);
+        // Big files are read with direct I/O on their first open, which only keeps mmap
+        // working where the kernel allows it for such files.
+        self.direct_io = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         Ok(())
     }
 
@@ -202,6 +317,17 @@ impl Filesystem for CircleFs {
             // Opened before with the same size and mtime: what the kernel cached from that open
             // is still right, so keep it (reading the same file again is free).
             Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // A big file opened the first time: with direct I/O each read of the caller's
+            // buffer comes to us whole (up to MAX_REQUEST per request) instead of in the
+            // kernel's 128-256 KiB read-ahead pieces, a third of the round trips of a cold
+            // `cp`; every byte read is also stored in the page cache, so the next open
+            // (KEEP_CACHE) reads from memory as before.
+            Ok((fh, false)) if self.direct_io && self.big(ino.0) => {
+                if let Ok(mut d) = self.direct.lock() {
+                    d.insert(fh, (ino.0, Stored::default()));
+                }
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -218,14 +344,24 @@ impl Filesystem for CircleFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let served = PIPE.with(|pipe| {
-            let pipe = pipe.get_or_init(|| Pipe::new().ok()).as_ref();
-            let mut sink = match (self.device.get(), pipe) {
-                (Some(dev), Some(pipe)) => Some(DeviceReply {
+        let direct = match self.direct.lock() {
+            Ok(d) => d.get(&fh.0).cloned(),
+            Err(_) => None,
+        };
+        let served = PIPES.with(|pipes| {
+            let pipes = pipes.get_or_init(Pipes::new).as_ref();
+            let mut sink = match (self.device.get(), pipes) {
+                (Some(dev), Some(pipes)) => Some(DeviceReply {
                     device: dev.as_fd(),
-                    pipe,
+                    pipes,
                     unique: req.unique().0,
                     len: 0,
+                    store: direct.as_ref().map(|(ino, stored)| StoreAt {
+                        ino: *ino,
+                        offset,
+                        stored,
+                        stores: &self.stores,
+                    }),
                 }),
                 _ => None,
             };
@@ -233,7 +369,12 @@ impl Filesystem for CircleFs {
             self.circle.read_into(fh.0, offset, size as usize, sink)
         });
         match served {
-            Ok(Served::Data(data)) => reply.data(data.as_slice()),
+            Ok(Served::Data(data)) => {
+                reply.data(data.as_slice());
+                if let Some((ino, stored)) = direct {
+                    self.stores.send_bytes(ino, offset, data, stored);
+                }
+            }
             // Replied through /dev/fuse already. fuser would answer a reply object dropped
             // unanswered with EIO (and a warning), so it is forgotten instead: all it holds is
             // the request number and a reference to the session's device (a count, no memory).
@@ -253,6 +394,13 @@ impl Filesystem for CircleFs {
         reply: ReplyEmpty,
     ) {
         self.circle.release(fh.0);
+        let direct = self.direct.lock().ok().and_then(|mut d| d.remove(&fh.0));
+        if let Some((ino, stored)) = direct {
+            log::debug!(
+                "inode {ino}: read with direct I/O, {} bytes stored in the page cache so far",
+                stored.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
         reply.ok();
     }
 

@@ -24,6 +24,7 @@ pub mod fuse;
 pub mod index;
 pub mod logging;
 pub mod mounts;
+pub mod page_store;
 pub mod preflight;
 pub mod serverlist;
 pub mod splice;
@@ -32,8 +33,8 @@ pub mod workers;
 /// Threads the daemon runs at most, whatever the number of servers or open files: the main
 /// thread, the signal waiter, the FUSE workers, the prefetch workers, the pool listing one
 /// directory across servers, the read-ahead pool, the segmented-read pool, the probe scheduler and its pool, the idle
-/// reaper, the kernel invalidator, the index writer, the revalidation pool and the index
-/// preload (every pool's threads end after a while without work).
+/// reaper, the kernel invalidator, the index writer, the revalidation pool, the index
+/// preload and the page-cache store worker (every pool's threads end after a while without work).
 /// Each term is a constant with its reason at its definition.
 pub const MAX_THREADS: usize = 1
     + 1
@@ -49,4 +50,6 @@ pub const MAX_THREADS: usize = 1
     // the index writer, the revalidation pool and the preload
     + 1
     + circle::refresh::REVALIDATE_WORKERS
+    + 1
+    // the page-cache store worker
     + 1;

@@ -20,6 +20,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Pipe sizes asked for, largest first: 4 MiB holds a 1 MiB reply even when the network
 /// delivered it in 1,448-byte segments (one pipe slot each, 724 of the 1,024 slots); without
@@ -32,6 +34,9 @@ pub struct Pipe {
     write: OwnedFd,
     /// Its size in bytes (what F_GETPIPE_SZ says).
     capacity: usize,
+    /// The largest reply it takes ([`Pipe::max_reply`]): half its size at first, a quarter
+    /// once the pipe ran full (the network delivers small segments, one slot each).
+    max_reply: AtomicUsize,
 }
 
 fn last_err() -> io::Error {
@@ -61,16 +66,26 @@ impl Pipe {
         if capacity <= 0 {
             return Err(last_err());
         }
+        let capacity = capacity as usize;
         Ok(Pipe {
             read,
             write,
-            capacity: capacity as usize,
+            capacity,
+            max_reply: AtomicUsize::new(capacity / 2),
         })
     }
 
-    /// The largest reply this pipe takes with room to spare for small segments.
+    /// Its size in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The largest reply this pipe takes with room to spare: a pipe counts slots, not bytes,
+    /// and a slot holds one received fragment: up to 32 KiB on loopback, one 1,448-byte
+    /// segment on an Ethernet path without receive offload. Half the pipe's size until it
+    /// once ran full, a quarter after.
     pub fn max_reply(&self) -> usize {
-        self.capacity / 4
+        self.max_reply.load(Ordering::Relaxed)
     }
 
     /// Write all of `bytes` (a few KiB at most; the pipe has room for them or says
@@ -120,6 +135,10 @@ impl Pipe {
                 // The socket's timeout ran out, or the pipe is full (nothing else empties it).
                 io::ErrorKind::WouldBlock if self.has_room()? => {
                     Err(io::Error::new(io::ErrorKind::TimedOut, "no data in time"))
+                }
+                io::ErrorKind::WouldBlock => {
+                    self.max_reply.store(self.capacity / 4, Ordering::Relaxed);
+                    Err(e)
                 }
                 _ => Err(e),
             };
@@ -199,10 +218,77 @@ impl Pipe {
         }
     }
 
-    /// Empty the pipe, dropping what it held (after a failed send).
-    fn clear(&self) {
+    /// Duplicate the `len` bytes this pipe holds at the end of `to`, without copying them
+    /// (`tee(2)`); this pipe keeps them. All or an error.
+    pub fn tee_to(&self, to: &Pipe, len: usize) -> io::Result<()> {
+        // SAFETY: both fds are open pipe ends for the call.
+        let n = unsafe {
+            libc::tee(
+                self.read.as_raw_fd(),
+                to.write.as_raw_fd(),
+                len,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        whole(n, len, "duplicated")
+    }
+
+    /// Move the `len` bytes this pipe holds to the end of `to`, without copying them. All or
+    /// an error.
+    pub fn move_to(&self, to: &Pipe, len: usize) -> io::Result<()> {
+        // SAFETY: both fds are open pipe ends for the call; null offsets (pipes).
+        let n = unsafe {
+            libc::splice(
+                self.read.as_raw_fd(),
+                std::ptr::null_mut(),
+                to.write.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        whole(n, len, "moved")
+    }
+
+    /// Empty the pipe, dropping what it held (after a failed send): spliced to /dev/null,
+    /// which takes the pages without copying them, else read back.
+    pub fn clear(&self) {
+        static NULL: OnceLock<Option<std::fs::File>> = OnceLock::new();
+        if let Some(null) =
+            NULL.get_or_init(|| std::fs::File::options().write(true).open("/dev/null").ok())
+        {
+            // Bounded: each turn empties at least one byte or ends the loop.
+            for _ in 0..self.capacity {
+                // SAFETY: both fds are open for the call; null offsets (a pipe, a device).
+                let n = unsafe {
+                    libc::splice(
+                        self.read.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        null.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        self.capacity,
+                        libc::SPLICE_F_NONBLOCK,
+                    )
+                };
+                if n <= 0 {
+                    break;
+                }
+            }
+        }
         let _ = self.take_back();
     }
+}
+
+/// The result of a pipe-to-pipe call that must move all `len` bytes at once (the target has
+/// room for them: it is as large as the source and holds at most a header).
+fn whole(n: isize, len: usize, what: &str) -> io::Result<()> {
+    if n < 0 {
+        return Err(last_err());
+    }
+    if n as usize != len {
+        return Err(io::Error::other(format!("{what} {n} of {len} bytes")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -300,6 +386,28 @@ mod tests {
         assert_eq!(pipe.take_back().unwrap().len(), moved);
         drop(rx);
         let _ = t.join();
+    }
+
+    #[test]
+    fn tee_duplicates_move_moves_and_clear_empties() {
+        let a = Pipe::new().unwrap();
+        let b = Pipe::new().unwrap();
+        let c = Pipe::new().unwrap();
+        a.put(b"0123456789").unwrap();
+        b.put(b"hdr:").unwrap();
+        a.tee_to(&b, 10).unwrap();
+        c.put(b"store:").unwrap();
+        a.move_to(&c, 10).unwrap();
+        assert!(a.take_back().unwrap().is_empty(), "move left bytes behind");
+        assert_eq!(b.take_back().unwrap(), b"hdr:0123456789");
+        assert_eq!(c.take_back().unwrap(), b"store:0123456789");
+        // Asking for more than the pipe holds is an error, not a short count taken as whole.
+        a.put(b"abc").unwrap();
+        assert!(a.move_to(&b, 4).is_err());
+        a.put(b"def").unwrap();
+        a.clear();
+        assert!(a.take_back().unwrap().is_empty());
+        assert!(a.max_reply() >= a.capacity() / 4 && a.max_reply() <= a.capacity() / 2);
     }
 
     fn tempfile() -> std::fs::File {

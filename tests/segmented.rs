@@ -168,3 +168,73 @@ fn plain_transfers_go_from_socket_to_kernel_without_a_copy_and_stay_exact() {
     );
     plain.assert_no_write_commands("plain");
 }
+
+/// The bytes the daemon's release line says it stored in the page cache for the file read
+/// with direct I/O (None before that line).
+fn stored_bytes(log: &str) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains("read with direct I/O, "))
+        .find_map(|l| {
+            let at = l.find("direct I/O, ")? + "direct I/O, ".len();
+            l[at..].split_whitespace().next()?.parse().ok()
+        })
+}
+
+#[test]
+fn a_big_file_read_once_is_read_again_from_memory_and_maps_right() {
+    let dir = TempDir::new("direct");
+    let root = dir.subdir("root");
+    let data = pseudo_random_bytes(33, 12 * MIB + 4321);
+    write_file(&root.join("once.bin"), &data);
+    write_file(&root.join("mapped.bin"), &data[..9 * MIB]);
+    let server = FtpServer::vsftpd(&root);
+    let m = Mount::start(&(server.line() + "\n"), &MountOptions::default().arg("-v"));
+    // The first open of a big file reads with direct I/O; every reply is also stored in the
+    // page cache.
+    let got = fs::read(m.path().join("once.bin")).expect("read once.bin");
+    assert!(same(&got, &data), "the first read differs from the source");
+    let mut log = m.log();
+    for _ in 0..50 {
+        if stored_bytes(&log).is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        log = m.log();
+    }
+    let stored = stored_bytes(&log).unwrap_or_else(|| panic!("no direct read:\n{log}"));
+    assert!(stored > 0, "nothing stored in the page cache:\n{log}");
+    assert!(stored <= data.len() as u64, "stored {stored} bytes of {}", data.len());
+    // Stores still queued at release land within a moment.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let retrs = server.count_verb("RETR");
+    let again = fs::read(m.path().join("once.bin")).expect("read once.bin again");
+    assert!(same(&again, &data), "the second read differs from the source");
+    if stored == data.len() as u64 {
+        assert_eq!(
+            server.count_verb("RETR"),
+            retrs,
+            "all bytes were stored, yet the second read fetched again"
+        );
+    }
+    // A big file mapped on its first open (direct I/O is opened, mmap must still work).
+    let f = fs::File::open(m.path().join("mapped.bin")).expect("open mapped.bin");
+    let len = 9 * MIB;
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    // SAFETY: the mapping is `len` readable bytes until munmap.
+    let mapped = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec();
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(p, len) };
+    assert!(mapped == data[..len], "the mapping differs from the source");
+    server.assert_no_write_commands("direct");
+}
