@@ -34,10 +34,11 @@ pub const OUT_HEADER: usize = 16;
 pub const STORE_HEADERS: usize = OUT_HEADER + 24;
 /// The `error` field of a FUSE_NOTIFY_STORE notification.
 const FUSE_NOTIFY_STORE: i32 = 4;
-/// Stores queued at most: 4 replies of up to 512 KiB, 2 MiB of pages held.
-pub const IN_FLIGHT: usize = 4;
-/// The longest a FUSE thread waits for a queued store to finish before it gives up storing.
-const WAIT: Duration = Duration::from_millis(20);
+/// Stores queued at most: 8 replies of up to 512 KiB, 4 MiB of pages held.
+pub const IN_FLIGHT: usize = 8;
+/// The longest a FUSE thread waits for a queued store to finish before it gives up storing
+/// (long enough to ride out a busy moment of a 2-core machine, as right after a mount).
+const WAIT: Duration = Duration::from_millis(100);
 
 /// The header of a reply (`unique` != 0) or notification (`unique` == 0, its code in `error`)
 /// of `total` bytes in all.

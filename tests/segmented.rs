@@ -203,12 +203,19 @@ fn a_big_file_read_once_is_read_again_from_memory_and_maps_right() {
     }
     let stored = stored_bytes(&log).unwrap_or_else(|| panic!("no direct read:\n{log}"));
     assert!(stored > 0, "nothing stored in the page cache:\n{log}");
-    assert!(stored <= data.len() as u64, "stored {stored} bytes of {}", data.len());
+    assert!(
+        stored <= data.len() as u64,
+        "stored {stored} bytes of {}",
+        data.len()
+    );
     // Stores still queued at release land within a moment.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let retrs = server.count_verb("RETR");
     let again = fs::read(m.path().join("once.bin")).expect("read once.bin again");
-    assert!(same(&again, &data), "the second read differs from the source");
+    assert!(
+        same(&again, &data),
+        "the second read differs from the source"
+    );
     if stored == data.len() as u64 {
         assert_eq!(
             server.count_verb("RETR"),
@@ -230,7 +237,12 @@ fn a_big_file_read_once_is_read_again_from_memory_and_maps_right() {
             0,
         )
     };
-    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: the mapping is `len` readable bytes until munmap.
     let mapped = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec();
     // SAFETY: unmapping what was mapped above.
