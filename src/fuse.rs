@@ -25,7 +25,7 @@ use fuser::{
 use crate::circle::reader::{Served, SpliceSink};
 use crate::circle::{Attr, Circle, FileKind};
 use crate::error::Error;
-use crate::page_store::{self, OUT_HEADER, Stored, Stores};
+use crate::page_store::{self, OUT_HEADER, Stores, Target};
 use crate::splice::Pipe;
 
 /// FUSE worker threads. A `cp` from a slow server can keep a few threads busy (the kernel sends
@@ -52,7 +52,7 @@ pub struct CircleFs {
     direct_io: bool,
     /// Open handles read with direct I/O, their inode and the bytes stored so far: every
     /// byte read through them is also stored in the kernel's page cache ([`page_store`]).
-    direct: Mutex<HashMap<u64, (u64, Stored)>>,
+    direct: Mutex<HashMap<u64, Arc<Target>>>,
     stores: Stores,
 }
 
@@ -71,9 +71,8 @@ thread_local! {
 /// Where the bytes of a read with direct I/O go besides the reply.
 #[derive(Clone, Copy)]
 struct StoreAt<'a> {
-    ino: u64,
+    target: &'a Arc<Target>,
     offset: u64,
-    stored: &'a Stored,
     stores: &'a Stores,
 }
 
@@ -110,22 +109,7 @@ impl DeviceReply<'_> {
             data.clear();
             return sent;
         }
-        let Some(pipe) = at.stores.pipe() else {
-            data.clear();
-            return Ok(());
-        };
-        let filled = page_store::store_headers(at.ino, at.offset, self.len)
-            .ok_or_else(|| std::io::Error::other("too many bytes for one store"))
-            .and_then(|h| pipe.put(&h))
-            .and_then(|()| data.move_to(&pipe, self.len));
-        match filled {
-            Ok(()) => at.stores.send(pipe, self.len, Arc::clone(at.stored)),
-            Err(e) => {
-                log::debug!("storing {} bytes in the page cache: {e}", self.len);
-                data.clear();
-                at.stores.unused(pipe);
-            }
-        }
+        at.stores.store_pipe(at.target, at.offset, data, self.len);
         Ok(())
     }
 }
@@ -220,11 +204,11 @@ impl CircleFs {
         self.circle.ttl()
     }
 
-    /// Is `ino` a file big enough to read with direct I/O on its first open?
-    fn big(&self, ino: u64) -> bool {
-        self.circle
-            .getattr(ino)
-            .is_ok_and(|a| a.kind == FileKind::File && a.size >= DIRECT_MIN)
+    /// The size of `ino` if it is a file to read with direct I/O on its first open (big
+    /// enough, and the kernel lets such files be mapped).
+    fn direct_size(&self, ino: u64) -> Option<u64> {
+        let a = self.circle.getattr(ino).ok()?;
+        (self.direct_io && a.kind == FileKind::File && a.size >= DIRECT_MIN).then_some(a.size)
     }
 }
 
@@ -322,9 +306,9 @@ impl Filesystem for CircleFs {
             // kernel's 128-256 KiB read-ahead pieces, a third of the round trips of a cold
             // `cp`; every byte read is also stored in the page cache, so the next open
             // (KEEP_CACHE) reads from memory as before.
-            Ok((fh, false)) if self.direct_io && self.big(ino.0) => {
+            Ok((fh, false)) if let Some(size) = self.direct_size(ino.0) => {
                 if let Ok(mut d) = self.direct.lock() {
-                    d.insert(fh, (ino.0, Stored::default()));
+                    d.insert(fh, Target::new(ino.0, size));
                 }
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
             }
@@ -356,10 +340,9 @@ impl Filesystem for CircleFs {
                     pipes,
                     unique: req.unique().0,
                     len: 0,
-                    store: direct.as_ref().map(|(ino, stored)| StoreAt {
-                        ino: *ino,
+                    store: direct.as_ref().map(|target| StoreAt {
+                        target,
                         offset,
-                        stored,
                         stores: &self.stores,
                     }),
                 }),
@@ -371,8 +354,8 @@ impl Filesystem for CircleFs {
         match served {
             Ok(Served::Data(data)) => {
                 reply.data(data.as_slice());
-                if let Some((ino, stored)) = direct {
-                    self.stores.send_bytes(ino, offset, data, stored);
+                if let Some(target) = direct {
+                    self.stores.store_bytes(&target, offset, data);
                 }
             }
             // Replied through /dev/fuse already. fuser would answer a reply object dropped
@@ -395,10 +378,11 @@ impl Filesystem for CircleFs {
     ) {
         self.circle.release(fh.0);
         let direct = self.direct.lock().ok().and_then(|mut d| d.remove(&fh.0));
-        if let Some((ino, stored)) = direct {
+        if let Some(t) = direct {
             log::debug!(
-                "inode {ino}: read with direct I/O, {} bytes stored in the page cache so far",
-                stored.load(std::sync::atomic::Ordering::Relaxed)
+                "inode {}: read with direct I/O, {} bytes stored in the page cache so far",
+                t.ino(),
+                t.stored()
             );
         }
         reply.ok();

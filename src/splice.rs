@@ -250,13 +250,69 @@ impl Pipe {
         whole(n, len, "moved")
     }
 
+    /// The first `n` bytes the pipe holds (it holds at least that many), read out.
+    pub fn take(&self, n: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; n];
+        let mut got = 0;
+        // Bounded: each turn reads at least one byte or returns.
+        while got < n {
+            // SAFETY: the buffer has `n - got` writable bytes from `got`.
+            let r = unsafe {
+                libc::read(
+                    self.read.as_raw_fd(),
+                    out[got..].as_mut_ptr().cast(),
+                    n - got,
+                )
+            };
+            if r > 0 {
+                got += r as usize;
+                continue;
+            }
+            let e = if r == 0 {
+                io::Error::other(format!("the pipe held {got} of {n} bytes"))
+            } else {
+                last_err()
+            };
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drop the first `n` bytes the pipe holds (spliced to /dev/null, not copied).
+    pub fn discard(&self, n: usize) -> io::Result<()> {
+        let mut left = n;
+        if let Some(null) = dev_null() {
+            // Bounded: each turn drops at least one byte or ends the loop.
+            while left > 0 {
+                // SAFETY: both fds are open for the call; null offsets (a pipe, a device).
+                let r = unsafe {
+                    libc::splice(
+                        self.read.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        null.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        left,
+                        libc::SPLICE_F_NONBLOCK,
+                    )
+                };
+                if r <= 0 {
+                    break;
+                }
+                left -= r as usize;
+            }
+        }
+        if left > 0 {
+            self.take(left)?;
+        }
+        Ok(())
+    }
+
     /// Empty the pipe, dropping what it held (after a failed send): spliced to /dev/null,
     /// which takes the pages without copying them, else read back.
     pub fn clear(&self) {
-        static NULL: OnceLock<Option<std::fs::File>> = OnceLock::new();
-        if let Some(null) =
-            NULL.get_or_init(|| std::fs::File::options().write(true).open("/dev/null").ok())
-        {
+        if let Some(null) = dev_null() {
             // Bounded: each turn empties at least one byte or ends the loop.
             for _ in 0..self.capacity {
                 // SAFETY: both fds are open for the call; null offsets (a pipe, a device).
@@ -277,6 +333,14 @@ impl Pipe {
         }
         let _ = self.take_back();
     }
+}
+
+/// /dev/null, open for writing (None if it cannot be opened): it takes spliced pages
+/// without copying them.
+fn dev_null() -> Option<&'static std::fs::File> {
+    static NULL: OnceLock<Option<std::fs::File>> = OnceLock::new();
+    NULL.get_or_init(|| std::fs::File::options().write(true).open("/dev/null").ok())
+        .as_ref()
 }
 
 /// The result of a pipe-to-pipe call that must move all `len` bytes at once (the target has
@@ -404,6 +468,11 @@ mod tests {
         // Asking for more than the pipe holds is an error, not a short count taken as whole.
         a.put(b"abc").unwrap();
         assert!(a.move_to(&b, 4).is_err());
+        a.put(b"0123456789").unwrap();
+        assert_eq!(a.take(3).unwrap(), b"012");
+        a.discard(4).unwrap();
+        assert_eq!(a.take(3).unwrap(), b"789");
+        assert!(a.take(1).is_err(), "took a byte from an empty pipe");
         a.put(b"def").unwrap();
         a.clear();
         assert!(a.take_back().unwrap().is_empty());

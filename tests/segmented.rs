@@ -220,7 +220,9 @@ fn a_big_file_read_once_is_read_again_from_memory_and_maps_right() {
         assert_eq!(
             server.count_verb("RETR"),
             retrs,
-            "all bytes were stored, yet the second read fetched again"
+            "all bytes were stored, yet the second read fetched again:\n{}\n{}",
+            server.commands_log(),
+            m.log()
         );
     }
     // A big file mapped on its first open (direct I/O is opened, mmap must still work).
