@@ -2,9 +2,12 @@
 # Soak test: a mount under sustained parallel reads while one server keeps
 # failing.  As root on Debian 12:
 #
-#     scripts/soak.sh [--minutes 10] [--servers 3] [--big-mib 32] [--seg-mib 64] [--keep] [--debug]
+#     scripts/soak.sh [--minutes 10] [--servers 3] [--big-mib 32] [--seg-mib 64]
+#                     [--rate-mb 80] [--keep] [--debug]
 #
-# Starts K anonymous vsftpd servers on 127.0.0.1 (K >= 2), generates data
+# Starts K anonymous vsftpd servers on 127.0.0.1 (K >= 2), each connection
+# capped at --rate-mb MB/s (80 by default, as public mirrors cap; 0: no cap),
+# generates data
 # (a few big files mirrored on every server, many small files), mounts the
 # release build of ftpcircle-fs with --timeout 3 and then, for the given
 # number of minutes, runs in parallel:
@@ -12,7 +15,8 @@
 #   * a cp loop copying the big files out of the mount, checking each copy's
 #     sha256 against the source; one of them (seg.bin, --seg-mib, 0 for none)
 #     is big enough to be read in pieces from all mirrors at once (segmented
-#     reads), so those run while server 1 flaps too;
+#     reads: a capped stream is slow enough alone to start them; uncapped
+#     loopback streams are not), so those run while server 1 flaps too;
 #   * a grep -r loop over the small files, checking the number of files hit;
 #   * two random-pread loops (/usr/bin/python3) checking the bytes read at
 #     random offsets of the big files against the source files;
@@ -52,6 +56,7 @@ SERVERS=3
 BIG_MIB=32
 BIG_FILES=3
 SEG_MIB=64
+RATE_MB=80
 SMALL_PER_SERVER=200
 SMALL_COMMON=100
 MAX_FD_GROWTH=32
@@ -72,6 +77,7 @@ while [ $# -gt 0 ]; do
     --servers) SERVERS=${2:?}; shift 2 ;;
     --big-mib) BIG_MIB=${2:?}; shift 2 ;;
     --seg-mib) SEG_MIB=${2:?}; shift 2 ;;
+    --rate-mb) RATE_MB=${2:?}; shift 2 ;;
     --max-fd-growth) MAX_FD_GROWTH=${2:?}; shift 2 ;;
     --max-rss-growth-mib) MAX_RSS_GROWTH_MIB=${2:?}; shift 2 ;;
     --keep) KEEP=1; shift ;;
@@ -80,7 +86,7 @@ while [ $# -gt 0 ]; do
     *) printf 'unknown argument: %s\n' "$1" >&2; usage 2 ;;
     esac
 done
-for v in MINUTES SERVERS BIG_MIB SEG_MIB MAX_FD_GROWTH MAX_RSS_GROWTH_MIB; do
+for v in MINUTES SERVERS BIG_MIB SEG_MIB RATE_MB MAX_FD_GROWTH MAX_RSS_GROWTH_MIB; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "--${v,,}: not a number: ${!v}" >&2; exit 2; }
 done
 in_range() { # in_range NAME VALUE MIN MAX HINT
@@ -93,6 +99,7 @@ in_range --minutes "$MINUTES" 1 1440 ""
 in_range --servers "$SERVERS" 2 16 " (server 1 needs a mirror)"
 in_range --big-mib "$BIG_MIB" 1 4096 ""
 in_range --seg-mib "$SEG_MIB" 0 4096 ""
+in_range --rate-mb "$RATE_MB" 0 100000 ""
 
 ftpc_need_root
 [ -x "$FTPC_VSFTPD" ] || ftpc_die "vsftpd missing ($FTPC_VSFTPD); scripts/test.sh installs it"
@@ -227,6 +234,7 @@ start_server() { # start_server I: (re)start server I on its port
 for ((i = 1; i <= SERVERS; i++)); do
     PORTS[i]=$(ftpc_free_port)
     ftpc_vsftpd_conf "$WORK/srv$i" "${PORTS[$i]}" "$RUN/srv$i.log" "$RUN/empty" >"$RUN/srv$i.conf"
+    [ "$RATE_MB" -eq 0 ] || echo "anon_max_rate=$((RATE_MB * 1000000))" >>"$RUN/srv$i.conf"
     start_server "$i" || ftpc_die "server $i did not start: $(tail -5 "$RUN/srv$i.out")"
     printf '127.0.0.1:%s,,,0\n' "${PORTS[$i]}" >>"$WORK/serverlist.txt"
 done
@@ -578,7 +586,7 @@ timeout 60 "$BIN" locate --servers "$WORK/serverlist.txt" --index "$INDEX" /smal
 DAMAGED=$(field "$STATS/kill" damaged)
 
 echo
-echo "== ftpcircle-fs soak: $SERVERS servers, $MINUTES min, $BIG_FILES x $BIG_MIB MiB mirrored, $(find "$SRC/small" -type f | wc -l) small files =="
+echo "== ftpcircle-fs soak: $SERVERS servers, $MINUTES min, $BIG_FILES x $BIG_MIB MiB mirrored, $(find "$SRC/small" -type f | wc -l) small files, each connection capped at ${RATE_MB:-0} MB/s (0: none) =="
 printf 'cp     : %s copies, %s bytes verified, %s wrong bytes, %s errors\n' \
     "$(field "$STATS/cp" copies)" "$CP_BYTES" "$CP_WRONG" "$(field "$STATS/cp" errors)"
 printf 'pread  : %s reads, %s bytes verified, %s wrong bytes, %s errors\n' \
