@@ -180,6 +180,16 @@ fn stored_bytes(log: &str) -> Option<u64> {
         })
 }
 
+/// Is the running kernel at least `major.minor`?
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 #[test]
 fn a_big_file_read_once_is_read_again_from_memory_and_maps_right() {
     let dir = TempDir::new("direct");
@@ -201,13 +211,20 @@ fn a_big_file_read_once_is_read_again_from_memory_and_maps_right() {
         std::thread::sleep(std::time::Duration::from_millis(100));
         log = m.log();
     }
-    let stored = stored_bytes(&log).unwrap_or_else(|| panic!("no direct read:\n{log}"));
-    assert!(stored > 0, "nothing stored in the page cache:\n{log}");
-    assert!(
-        stored <= data.len() as u64,
-        "stored {stored} bytes of {}",
-        data.len()
-    );
+    // Direct I/O needs FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6); an older kernel reads through
+    // the page cache as before, and the rest must hold all the same.
+    let stored = stored_bytes(&log);
+    if stored.is_none() {
+        assert!(!kernel_at_least(6, 6), "no direct read:\n{log}");
+    }
+    if let Some(stored) = stored {
+        assert!(stored > 0, "nothing stored in the page cache:\n{log}");
+        assert!(
+            stored <= data.len() as u64,
+            "stored {stored} bytes of {}",
+            data.len()
+        );
+    }
     // Stores still queued at release land within a moment.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let retrs = server.count_verb("RETR");
@@ -216,7 +233,7 @@ fn a_big_file_read_once_is_read_again_from_memory_and_maps_right() {
         same(&again, &data),
         "the second read differs from the source"
     );
-    if stored == data.len() as u64 {
+    if stored == Some(data.len() as u64) {
         assert_eq!(
             server.count_verb("RETR"),
             retrs,

@@ -405,6 +405,12 @@ fn pureftpd_plain_serves_files_to_its_user_only() {
     // Anonymous logins are refused.
     let anon = run_timeout(curl().arg(server.url("pub/hello.txt")), LIMIT);
     assert!(!anon.status.success(), "anonymous login accepted");
+    // pure-ftpd answers a failed login after a delay (4 s here) and logs the answer then.
+    let refused = |ex: &[common::Exchange]| {
+        ex.iter()
+            .any(|e| e.verb() == "PASS" && e.reply == Some(530))
+    };
+    common::wait_until(Duration::from_secs(15), || refused(&server.exchanges()));
     let ex = server.exchanges();
     let anon = ex
         .iter()
