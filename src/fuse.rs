@@ -135,9 +135,10 @@ impl SpliceSink for DeviceReply<'_> {
     }
 
     fn commit(&mut self) -> std::io::Result<()> {
-        match (self.store, self.data_pipe()) {
-            (Some(at), Some(data)) => self.send_stored(data, at),
-            _ => self.pipes.reply.send_to(self.device, OUT_HEADER + self.len),
+        // With `store`, begin() handed out the data pipe, so it exists.
+        match self.store.and_then(|at| Some((at, self.data_pipe()?))) {
+            Some((at, data)) => self.send_stored(data, at),
+            None => self.pipes.reply.send_to(self.device, OUT_HEADER + self.len),
         }
     }
 

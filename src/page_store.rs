@@ -1,6 +1,8 @@
 //! Putting bytes read with direct I/O into the kernel's page cache (FUSE_NOTIFY_STORE).
 //!
-//! Owns: one worker thread and a few pipes, through which store messages go to /dev/fuse.
+//! Owns: one worker thread and a few pipes, through which store messages go to /dev/fuse;
+//! per file read with direct I/O ([`Target`]), the parts of pages a reply covered only in
+//! part, until the page is whole.
 //!
 //! Why: the first open of a big file reads with direct I/O ([`crate::fuse`]): each read of
 //! the caller's buffer reaches the daemon whole, a third of the round trips of the kernel's
@@ -15,7 +17,9 @@
 //!   can wait for a page the kernel has locked for a read that a FUSE thread must answer, so
 //!   an unbounded wait could deadlock;
 //! - bytes are stored only after their reply went out, and only bytes that were replied:
-//!   what the cache holds is what a read returned.
+//!   what the cache holds is what a read returned;
+//! - only whole pages are stored (or the last page of the file, to its end): the kernel
+//!   marks no other page valid, so a part of one would be a store for nothing.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -19,7 +19,7 @@
 //! - after [`Pipe::send_to`] or [`Pipe::take_back`] the pipe is empty again.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -115,17 +115,7 @@ impl Pipe {
     pub fn fill_from(&self, socket: BorrowedFd, len: usize) -> io::Result<usize> {
         // Bounded: only an interrupted call is repeated.
         loop {
-            // SAFETY: both fds are open for the call; null offsets (neither is seekable).
-            let n = unsafe {
-                libc::splice(
-                    socket.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    self.write.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    len,
-                    libc::SPLICE_F_NONBLOCK,
-                )
-            };
+            let n = splice(socket, self.write.as_fd(), len, libc::SPLICE_F_NONBLOCK);
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -165,17 +155,7 @@ impl Pipe {
     pub fn send_to(&self, out: BorrowedFd, len: usize) -> io::Result<()> {
         // Bounded: an interrupted splice moved nothing and is tried again, at most a few times.
         for _ in 0..8 {
-            // SAFETY: both fds are open for the call; null offsets.
-            let n = unsafe {
-                libc::splice(
-                    self.read.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    out.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    len,
-                    0,
-                )
-            };
+            let n = splice(self.read.as_fd(), out, len, 0);
             if n >= 0 {
                 if n as usize == len {
                     return Ok(());
@@ -236,17 +216,12 @@ impl Pipe {
     /// Move the `len` bytes this pipe holds to the end of `to`, without copying them. All or
     /// an error.
     pub fn move_to(&self, to: &Pipe, len: usize) -> io::Result<()> {
-        // SAFETY: both fds are open pipe ends for the call; null offsets (pipes).
-        let n = unsafe {
-            libc::splice(
-                self.read.as_raw_fd(),
-                std::ptr::null_mut(),
-                to.write.as_raw_fd(),
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_NONBLOCK,
-            )
-        };
+        let n = splice(
+            self.read.as_fd(),
+            to.write.as_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        );
         whole(n, len, "moved")
     }
 
@@ -282,56 +257,55 @@ impl Pipe {
 
     /// Drop the first `n` bytes the pipe holds (spliced to /dev/null, not copied).
     pub fn discard(&self, n: usize) -> io::Result<()> {
-        let mut left = n;
-        if let Some(null) = dev_null() {
-            // Bounded: each turn drops at least one byte or ends the loop.
-            while left > 0 {
-                // SAFETY: both fds are open for the call; null offsets (a pipe, a device).
-                let r = unsafe {
-                    libc::splice(
-                        self.read.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        null.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        left,
-                        libc::SPLICE_F_NONBLOCK,
-                    )
-                };
-                if r <= 0 {
-                    break;
-                }
-                left -= r as usize;
-            }
-        }
+        let left = n - self.drop_upto(n);
         if left > 0 {
             self.take(left)?;
         }
         Ok(())
     }
 
-    /// Empty the pipe, dropping what it held (after a failed send): spliced to /dev/null,
-    /// which takes the pages without copying them, else read back.
+    /// Empty the pipe, dropping what it held (after a failed send).
     pub fn clear(&self) {
-        if let Some(null) = dev_null() {
-            // Bounded: each turn empties at least one byte or ends the loop.
-            for _ in 0..self.capacity {
-                // SAFETY: both fds are open for the call; null offsets (a pipe, a device).
-                let n = unsafe {
-                    libc::splice(
-                        self.read.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        null.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        self.capacity,
-                        libc::SPLICE_F_NONBLOCK,
-                    )
-                };
-                if n <= 0 {
-                    break;
-                }
-            }
-        }
+        self.drop_upto(usize::MAX);
         let _ = self.take_back();
+    }
+
+    /// Splice up to `n` of the bytes the pipe holds to /dev/null, which takes the pages
+    /// without copying them; how many went (0 if /dev/null cannot be opened).
+    fn drop_upto(&self, n: usize) -> usize {
+        let Some(null) = dev_null() else {
+            return 0;
+        };
+        let mut gone = 0;
+        // Bounded: each turn drops at least one byte or ends the loop.
+        while gone < n {
+            let r = splice(
+                self.read.as_fd(),
+                null.as_fd(),
+                (n - gone).min(self.capacity),
+                libc::SPLICE_F_NONBLOCK,
+            );
+            if r <= 0 {
+                break;
+            }
+            gone += r as usize;
+        }
+        gone
+    }
+}
+
+/// `splice(2)` between two descriptors without offsets (pipes, sockets, devices).
+fn splice(from: BorrowedFd, to: BorrowedFd, len: usize, flags: libc::c_uint) -> isize {
+    // SAFETY: both fds are open for the call (borrowed); null offsets, as none is seekable.
+    unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
     }
 }
 
