@@ -857,13 +857,21 @@ seg_stop_servers() {
 }
 
 # seg_time KEY CMD...: wall time of CMD into SEG_T[KEY] ("" if it failed).
+# busy_ticks: clock ticks all CPUs spent busy so far (user, nice, system, irq,
+# softirq, steal from /proc/stat): the whole machine's work, the servers' included.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+declare -A SEG_CPU=()
+
 seg_time() {
-    local key=$1 t0 t1
+    local key=$1 t0 t1 b0 b1
     shift
+    b0=$(busy_ticks)
     t0=$(now)
     if ("$@") >"$OUTD/seg-$key.out" 2>"$OUTD/seg-$key.err"; then
         t1=$(now)
+        b1=$(busy_ticks)
         SEG_T[$key]=$(elapsed "$t0" "$t1")
+        SEG_CPU[$key]=$(awk -v t=$((b1 - b0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')
     else
         SEG_T[$key]=""
         check 0 "segmented $key" "failed: $(head -c 300 "$OUTD/seg-$key.err" | tr '\n' ' ')"
@@ -1001,6 +1009,17 @@ bench_segmented() {
                 "$(seg_ratio "$name|ftpc" "$name|aria2c")" "$(seg_ratio "$name|ftpc" "$name|rclone")"
         done
         echo
+        # What bounds the uncapped cold cp: the work the whole machine does for it. Even
+        # with every core busy, a copy cannot take less than that work divided by the cores.
+        local fc=${SEG_CPU[uncapped|ftpc]:-} cc=${SEG_CPU[uncapped|curl]:-} ct=${SEG_T[uncapped|curl]:-} nc
+        nc=$(nproc)
+        if [ -n "$fc" ] && [ -n "$cc" ] && [ -n "$ct" ]; then
+            awk -v f="$fc" -v c="$cc" -v t="$ct" -v n="$nc" 'BEGIN {
+                printf "No caps, CPU: the cold cp kept the machine busy for %.2f CPU-seconds, curl for %.2f (servers and kernel included). ", f, c
+                printf "On %d cores the cp cannot take less than %.3f s, so it cannot reach more than %.2fx this curl (%.3f s).\n", n, f / n, (f > 0 ? t * n / f : 0), t
+            }'
+            echo
+        fi
         printf '200 random 4 KiB preads of the cold file (checked against the source): segmented reads on %ss, --no-segmented-reads %ss (on / off: %s)\n' \
             "${SEG_T[preads|ftpc]:--}" "${SEG_T[preads|single]:--}" "$(seg_ratio "preads|single" "preads|ftpc")"
     } >"$WORK/segmented.md"

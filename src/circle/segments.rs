@@ -92,6 +92,11 @@ const PROGRESS_STEP: usize = 256 << 10;
 /// fastest stream could fetch all of it is fetched again by a faster one: a 5 MB/s mirror must
 /// not hold up 100 MB/s ones, while equal mirrors (rates within noise) are never dropped.
 const SLOW_FACTOR: f64 = 4.0;
+/// A stream's rate is measured over at least this much fetching (several pieces if need
+/// be): a server that caps each connection's speed often lets the first few MB of a new
+/// transfer out at once (vsftpd's `*_max_rate` does), and a rate taken from that burst alone
+/// made 100 MB/s streams look four times slower than a fresh one and get dropped.
+const RATE_SPAN: Duration = Duration::from_millis(100);
 /// A piece is judged slow only after its stream had it this long: a stream on a fast copy
 /// fetches a whole piece in that time (4 MiB at 20 MB/s), connecting included.
 const SLOW_JUDGE: Duration = Duration::from_millis(200);
@@ -149,6 +154,8 @@ pub struct SegmentStats {
     pub peak_global_bytes: u64,
     /// Files that were segmented.
     pub files: u64,
+    /// Streams dropped as too slow next to the fastest of their file.
+    pub dropped: u64,
 }
 
 impl SegmentContext {
@@ -229,10 +236,25 @@ struct Slot {
     /// A piece (by start) it must fetch next: a stalled one.
     assigned: Option<u64>,
     prio: Priority,
-    /// Bytes per second of its last piece.
+    /// Bytes per second over its last [`RATE_SPAN`] of fetching (None before that).
     rate: Option<f64>,
+    /// Bytes and fetching time toward the next rate.
+    measuring: (u64, Duration),
     /// When it last received bytes (a stalled stream's rate says nothing any more).
     alive: Instant,
+}
+
+impl Slot {
+    /// `bytes` fetched in `took`: a new rate once [`RATE_SPAN`] of fetching is together.
+    fn measured(&mut self, bytes: u64, took: Duration) {
+        self.measuring.0 += bytes;
+        self.measuring.1 += took;
+        let (bytes, time) = self.measuring;
+        if time >= RATE_SPAN {
+            self.rate = Some(bytes as f64 / time.as_secs_f64());
+            self.measuring = (0, Duration::ZERO);
+        }
+    }
 }
 
 struct St {
@@ -314,6 +336,7 @@ impl Segmented {
                     assigned: None,
                     prio: Priority::Foreground,
                     rate: None,
+                    measuring: (0, Duration::ZERO),
                     alive: Instant::now(),
                 }],
                 next_id: 1,
@@ -493,6 +516,7 @@ impl Seg {
             assigned: None,
             prio,
             rate: None,
+            measuring: (0, Duration::ZERO),
             alive: Instant::now(),
         });
         id
@@ -610,6 +634,7 @@ impl Seg {
                 if !st.slow.contains(&slot.server) {
                     st.slow.push(slot.server);
                 }
+                self.ctx.stat(|s| s.dropped += 1);
             }
             let more = if too_slow {
                 self.more_streams(&mut st)
@@ -693,10 +718,9 @@ impl Seg {
                 });
             if !wanted {
                 // Someone else delivered it (or the file closed): this transfer is elsewhere.
-                let rate = got as f64 / fetch_started.elapsed().as_secs_f64().max(1e-6);
                 if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
                     s.running = false;
-                    s.rate = Some(rate);
+                    s.measured(got as u64, fetch_started.elapsed());
                 }
                 let more = self.wake_parked(&mut st);
                 drop(st);
@@ -720,9 +744,8 @@ impl Seg {
             handed_in = true;
         }
         let mut spawn = Vec::new();
-        let rate = total as f64 / fetch_started.elapsed().as_secs_f64().max(1e-6);
         if let Some(s) = st.slots.iter_mut().find(|s| s.id == id) {
-            s.rate = Some(rate);
+            s.measured(total as u64, fetch_started.elapsed());
             if handed_in {
                 s.conn = Some((stream, start + len));
                 spawn.push(id);

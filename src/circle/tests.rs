@@ -24,6 +24,9 @@ struct MockServer {
     hash_algos: u8,
     /// Each stream delivers at most this many bytes per second.
     rate: Option<u64>,
+    /// ... after its first this many bytes, which come at once (vsftpd's rate limit lets a
+    /// new transfer's first socket buffer out unthrottled).
+    burst: usize,
     /// A stream that gets past this offset hangs this long, then fails (a stalled server).
     stall: Option<(u64, Duration)>,
     /// Connections to spare for background streams (`None`: plenty).
@@ -80,6 +83,8 @@ struct MockStream {
     /// Bytes left before the stream "drops".
     budget: Option<usize>,
     rate: Option<u64>,
+    /// Bytes this stream still delivers unthrottled.
+    burst: usize,
     stall: Option<(u64, Duration)>,
 }
 
@@ -92,9 +97,12 @@ impl ByteStream for MockStream {
             return Err(Error::new(Kind::Timeout, "stalled"));
         }
         let mut n = buf.len().min(self.data.len() - self.pos).min(7919);
-        if let Some(rate) = self.rate {
+        if let Some(rate) = self.rate
+            && self.burst == 0
+        {
             std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
         }
+        self.burst = self.burst.saturating_sub(n);
         if let Some(b) = self.budget.as_mut() {
             if *b == 0 {
                 return Err(Error::new(Kind::Network, "connection reset"));
@@ -195,6 +203,7 @@ impl Backend for Mock {
             pos: offset as usize,
             budget: srv.drop_after,
             rate: srv.rate,
+            burst: srv.burst,
             stall: srv.stall,
         }))
     }
@@ -1034,6 +1043,39 @@ fn faster_streams_take_more_pieces() {
     assert!(
         st.pieces[1] > 2 * st.pieces[0],
         "the 10x faster stream should take most pieces: {st:?}"
+    );
+}
+
+#[test]
+fn a_fast_start_does_not_get_equal_mirrors_dropped() {
+    let data = bytes(SEG_FILE, 8);
+    let mut m = mirrors_of(2, &data);
+    // Two equal mirrors capped at 6 MB/s per connection, each new transfer's first 256 KiB
+    // (four pieces) at once: judged by those, a fresh stream looks a hundred times faster
+    // than the others.
+    for s in &mut m.servers {
+        s.rate = Some(6_000_000);
+        s.burst = 256 << 10;
+    }
+    let (_mock, c, ino) = seg_circle(m, 4);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    let st = c.segment_stats();
+    assert_eq!(st.dropped, 0, "equal mirrors: no stream is slow {st:?}");
+    assert!(st.pieces[0] > 0 && st.pieces[1] > 0, "{st:?}");
+}
+
+#[test]
+fn a_mirror_a_tenth_as_fast_loses_its_stream() {
+    let data = bytes(SEG_FILE, 9);
+    let mut m = mirrors_of(2, &data);
+    m.servers[0].rate = Some(1_000_000);
+    m.servers[1].rate = Some(20_000_000);
+    let (_mock, c, ino) = seg_circle(m, 2);
+    assert!(read_all(&c, ino).unwrap() == data, "bytes differ");
+    let st = c.segment_stats();
+    assert!(
+        st.dropped >= 1,
+        "the slow mirror's stream is dropped: {st:?}"
     );
 }
 
