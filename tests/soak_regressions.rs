@@ -73,3 +73,52 @@ fn aborted_transfer_leaves_the_connection_in_step() {
         server.commands_log()
     );
 }
+
+/// Jumping around a big file stops its transfer in the middle: the daemon sends ABOR while
+/// vsftpd is still sending. vsftpd then answers "426 Failure writing network stream" and
+/// "225 No transfer to ABOR" (suppaftp waits for a 226 after the 426). Both replies were read,
+/// but the 225 was taken for an error and the connection dropped: every jump (and every piece
+/// of a segmented read) cost a new login. The connection must be kept and stay in step.
+#[test]
+fn a_transfer_stopped_midway_keeps_its_connection() {
+    let dir = TempDir::new("abor-mid");
+    let root = dir.join("root");
+    let size = 64 << 20;
+    let data = pseudo_random_bytes(13, size);
+    write_file(&root.join("pub/big.bin"), &data);
+    let server = FtpServer::vsftpd(&root);
+    let m = Mount::start(
+        &format!("{}\n", server.line()),
+        &MountOptions::default()
+            .arg("--max-connections")
+            .arg("1")
+            .arg("--no-segmented-reads"),
+    );
+    let f = fs::File::open(m.join("pub/big.bin")).expect("open");
+    // Each offset is far (more than 4 MiB) from where the transfer stands: a new one starts
+    // there (ABOR, REST, RETR) while the server still has tens of MiB to send (a transfer
+    // near the end may be complete by then: its ABOR is the other case, see above).
+    for off in [0usize, 20 << 20, 1 << 20, 40 << 20, 8 << 20] {
+        let mut buf = vec![0u8; 4096];
+        f.read_exact_at(&mut buf, off as u64)
+            .unwrap_or_else(|e| panic!("read at {off}: {e}"));
+        assert!(buf == data[off..off + 4096], "bytes at {off}");
+    }
+    drop(f);
+    let log = m.log();
+    drop(m);
+    let ex = server.exchanges();
+    let count = |verb: &str| ex.iter().filter(|e| e.verb() == verb).count();
+    assert!(
+        count("ABOR") >= 4,
+        "every jump stops the transfer ({} ABOR):\n{}",
+        count("ABOR"),
+        server.commands_log()
+    );
+    assert_eq!(
+        count("USER"),
+        1,
+        "the connection was dropped after a stopped transfer:\n{}\n{log}",
+        server.commands_log()
+    );
+}

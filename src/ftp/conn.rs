@@ -455,9 +455,19 @@ impl Conn {
     /// A server that had already finished answers ABOR with an extra reply (vsftpd: "225 No
     /// transfer to ABOR") after the 226 suppaftp takes as the answer; the NOOP then reads that
     /// stray reply instead of its 200 and fails, so the caller drops the connection.
+    ///
+    /// In the middle of a transfer vsftpd answers "426 Failure writing network stream" (the
+    /// data connection closed under it) and then "225 No transfer to ABOR" where suppaftp
+    /// waits for a 226: both replies are read, so the connection is in step and is kept (the
+    /// NOOP checks it). Dropping it cost a new login for every piece of a segmented read.
     pub fn abort(&mut self, label: &str, t: Transfer) -> Result<()> {
         self.last_used = Instant::now();
-        self.ftp.abort(t).map_err(|e| ftp_err(label, "ABOR", e))?;
+        match self.ftp.abort(t) {
+            Ok(()) => {}
+            Err(FtpError::UnexpectedResponse(r))
+                if reply_code(r.status.code(), &String::from_utf8_lossy(&r.body)) == 225 => {}
+            Err(e) => return Err(ftp_err(label, "ABOR", e)),
+        }
         let res = self.noop(label);
         // That NOOP waited for the abort to settle: not a round trip.
         self.rtt_sample = None;
