@@ -244,7 +244,8 @@ pub trait ByteStream: Send {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize>;
     /// The transfer delivered everything it should: read the server's final reply.
     fn finish(self: Box<Self>) -> Result<()>;
-    /// Stop the transfer early (ABOR); the connection is checked or dropped.
+    /// Stop the transfer early (its data connection closed, its reply read); the connection
+    /// is checked or dropped.
     fn abort(self: Box<Self>);
     /// Move up to `len` of the next bytes into `pipe` without copying them through user
     /// space ([`crate::splice`]). `None`: this stream cannot (TLS, not a socket); `Ok(0)`:

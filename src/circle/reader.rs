@@ -58,7 +58,7 @@ const READAHEAD: u64 = 16 * 1024 * 1024;
 /// backward reads (the kernel's readahead window is at most a few MiB).
 const KEEP_BYTES: usize = READAHEAD as usize + 8 * 1024 * 1024;
 /// A request this far ahead of the stream is reached by reading forward: at any plausible
-/// link speed reading 4 MiB costs less than the 3+ round trips of ABOR, REST and RETR.
+/// link speed reading 4 MiB costs less than the 3+ round trips of a stop, REST and RETR.
 const SKIP_FORWARD: u64 = 4 * 1024 * 1024;
 /// A request starting this far past the end of the last one still continues a sequential
 /// read: the kernel's readahead has a few 128 KiB requests in flight at once.
@@ -581,8 +581,8 @@ impl Shared {
     /// to become segmented. The last CHUNK of a file goes the ordinary way: the reply that
     /// ends the file must see the transfer end right there ([`finish`]) before it leaves, and
     /// a file of a chunk or less is then read whole by its first request and its transfer
-    /// finished, not aborted at close (an ABOR after the server sent everything costs the
-    /// connection with some servers, see [`crate::ftp::conn::Conn::abort`]).
+    /// finished, not stopped at close (a finished transfer needs no stop, see
+    /// [`crate::ftp::conn::Conn::abort`]).
     fn splice_ready(&self, st: &State, off: u64, want: usize) -> bool {
         want > 2 * OVERLAP
             && off + ((want + CHUNK) as u64) < self.size

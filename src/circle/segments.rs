@@ -14,8 +14,8 @@
 //! connection to spare ([`Backend::spare_connections`]: never its last one) and up to
 //! `max_streams`. Each stream fetches one piece per job on a pool shared by all open files (no
 //! thread per stream), then takes the next piece:
-//! - the piece right after the one it fetched, if nobody has it: it keeps streaming (no ABOR);
-//! - else the first free piece of the window (ABOR, then REST + RETR there), so a faster stream
+//! - the piece right after the one it fetched, if nobody has it: it keeps streaming (no stop);
+//! - else the first free piece of the window (stop, then REST + RETR there), so a faster stream
 //!   takes more pieces (dynamic assignment);
 //! - a piece the reader waits for that made no progress for [`STALL_AFTER`] is fetched a
 //!   second time by another stream (a parked one, or a new one on another copy); the first
@@ -52,7 +52,7 @@ use crate::circle::reader::OVERLAP;
 use crate::error::{Error, Kind, Result};
 use crate::workers::Workers;
 
-/// Piece size: 4 MiB takes 160 ms at a 25 MB/s per-connection cap, so the ABOR + REST + RETR
+/// Piece size: 4 MiB takes 160 ms at a 25 MB/s per-connection cap, so the stop + REST + RETR
 /// of a stream moving to a piece further on (a few round trips) costs a few percent, and a
 /// stalled piece is small enough to fetch again.
 pub const PIECE: u64 = 4 << 20;
@@ -73,7 +73,7 @@ pub const SEQUENTIAL_TRIGGER: u64 = 512 << 10;
 /// then, a loopback one a hundred): long enough that its first round trips do not count much.
 pub const JUDGE_AFTER: Duration = Duration::from_millis(100);
 /// A transfer that delivers this much alone (1.6 Gbit/s) is held back by the link or the CPU,
-/// not by a per-connection cap: more streams would only add ABORs, copies and contention
+/// not by a per-connection cap: more streams would only add stops, copies and contention
 /// (measured on loopback: a cold cp fell from 0.5x to 0.17x curl when segmented).
 pub const FAST_ALONE: f64 = 200e6;
 /// A piece the reader waits for without a byte arriving for this long is fetched again

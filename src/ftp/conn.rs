@@ -16,7 +16,7 @@
 //!   listing by CWD leaves behind never changes what a later command refers to.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -451,25 +451,31 @@ impl Conn {
         t.finish().map_err(|e| ftp_err(label, "end of transfer", e))
     }
 
-    /// Stop a transfer in the middle (ABOR), then check the connection is in step again.
-    /// A server that had already finished answers ABOR with an extra reply (vsftpd: "225 No
-    /// transfer to ABOR") after the 226 suppaftp takes as the answer; the NOOP then reads that
-    /// stray reply instead of its 200 and fails, so the caller drops the connection.
+    /// Stop a transfer in the middle, then check the connection is in step again (NOOP).
     ///
-    /// In the middle of a transfer vsftpd answers "426 Failure writing network stream" (the
-    /// data connection closed under it) and then "225 No transfer to ABOR" where suppaftp
-    /// waits for a 226: both replies are read, so the connection is in step and is kept (the
-    /// NOOP checks it). Dropping it cost a new login for every piece of a segmented read.
+    /// The data connection is closed and the one reply that ends the transfer is read: a
+    /// server that was still sending sees its next write fail and answers `426` (or `451`);
+    /// one that had already written everything (vsftpd then waits in a lingering close)
+    /// answers `226`. No `ABOR` is sent: one the server reads after the transfer ended draws
+    /// one reply more (vsftpd's "225 No transfer to ABOR"), which left the connection out of
+    /// step and cost a new login each time (every file of a few MB read in part and closed,
+    /// every jump in a big file, every piece of a segmented read). A server that does not
+    /// answer within the connection's timeout costs the connection, as any hang does.
     pub fn abort(&mut self, label: &str, t: Transfer) -> Result<()> {
         self.last_used = Instant::now();
-        match self.ftp.abort(t) {
+        let _ = t.get_ref().get_ref().shutdown(Shutdown::Both);
+        match t.finish() {
             Ok(()) => {}
+            // The transfer was stopped: that is the one reply it gets.
             Err(FtpError::UnexpectedResponse(r))
-                if reply_code(r.status.code(), &String::from_utf8_lossy(&r.body)) == 225 => {}
-            Err(e) => return Err(ftp_err(label, "ABOR", e)),
+                if (400..600).contains(&reply_code(
+                    r.status.code(),
+                    &String::from_utf8_lossy(&r.body),
+                )) => {}
+            Err(e) => return Err(ftp_err(label, "end of a stopped transfer", e)),
         }
         let res = self.noop(label);
-        // That NOOP waited for the abort to settle: not a round trip.
+        // That NOOP waited for the transfer to settle: not a round trip.
         self.rtt_sample = None;
         res
     }
