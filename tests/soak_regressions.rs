@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FtpServer, Mount, MountOptions, TempDir, pseudo_random_bytes, write_file};
+use common::{FtpServer, Mount, MountOptions, TempDir, TestCert, pseudo_random_bytes, write_file};
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -132,6 +132,25 @@ fn a_transfer_stopped_midway_keeps_its_connection() {
 fn files_read_in_part_keep_the_connection() {
     let dir = TempDir::new("abor-part");
     let root = dir.join("root");
+    let files = mid_sized_files(&root);
+    let server = FtpServer::vsftpd(&root);
+    read_in_part_over_one_login(&server, MountOptions::default(), &files);
+}
+
+/// The same over explicit FTPS: the data connection closed under its TLS session.
+#[test]
+fn files_read_in_part_keep_the_connection_over_ftps() {
+    let dir = TempDir::new("abor-part-tls");
+    let root = dir.join("root");
+    let files = mid_sized_files(&root);
+    let cert = TestCert::generate(&dir.join("cert"));
+    let server = FtpServer::vsftpd_tls(&root, &cert);
+    read_in_part_over_one_login(&server, MountOptions::ca(&cert.ca), &files);
+}
+
+/// Files of 1.2 to 3 MB under `root/pub`: more than one read request, little enough for the
+/// sockets' buffers to take the rest.
+fn mid_sized_files(root: &std::path::Path) -> Vec<Vec<u8>> {
     let sizes = [1_200_000usize, 1_600_000, 2_000_000, 3_000_000];
     let files: Vec<Vec<u8>> = sizes
         .iter()
@@ -141,10 +160,14 @@ fn files_read_in_part_keep_the_connection() {
     for (i, d) in files.iter().enumerate() {
         write_file(&root.join(format!("pub/f{i}.bin")), d);
     }
-    let server = FtpServer::vsftpd(&root);
+    files
+}
+
+/// Read the first 4 KiB of every file twice over, closing each, through one connection.
+fn read_in_part_over_one_login(server: &FtpServer, opts: MountOptions, files: &[Vec<u8>]) {
     let m = Mount::start(
         &format!("{}\n", server.line()),
-        &MountOptions::default().arg("--max-connections").arg("1"),
+        &opts.arg("--max-connections").arg("1"),
     );
     for _round in 0..2 {
         for (i, d) in files.iter().enumerate() {
@@ -165,7 +188,7 @@ fn files_read_in_part_keep_the_connection() {
     drop(m);
     let ex = server.exchanges();
     let count = |verb: &str| ex.iter().filter(|e| e.verb() == verb).count();
-    assert_eq!(count("RETR"), 8, "{}", server.commands_log());
+    assert_eq!(count("RETR"), 2 * files.len(), "{}", server.commands_log());
     assert_eq!(
         count("USER"),
         1,
