@@ -856,12 +856,13 @@ seg_stop_servers() {
     done
 }
 
-# seg_time KEY CMD...: wall time of CMD into SEG_T[KEY] ("" if it failed).
 # busy_ticks: clock ticks all CPUs spent busy so far (user, nice, system, irq,
 # softirq, steal from /proc/stat): the whole machine's work, the servers' included.
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 declare -A SEG_CPU=()
 
+# seg_time KEY CMD...: wall time of CMD into SEG_T[KEY] ("" if it failed), and the
+# machine's busy CPU-seconds meanwhile into SEG_CPU[KEY].
 seg_time() {
     local key=$1 t0 t1 b0 b1
     shift

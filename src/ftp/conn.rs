@@ -474,10 +474,8 @@ impl Conn {
                 )) => {}
             Err(e) => return Err(ftp_err(label, "end of a stopped transfer", e)),
         }
-        let res = self.noop(label);
-        // That NOOP waited for the transfer to settle: not a round trip.
-        self.rtt_sample = None;
-        res
+        // The transfer's reply is read, so this NOOP is an ordinary round trip (and counts as one).
+        self.noop(label)
     }
 
     /// How this server's directories are listed: `MLSD`, `STAT` (once a STAT listing worked)
